@@ -1,0 +1,1 @@
+"""ShopFlow's shopflow_daily code location."""

@@ -1,0 +1,88 @@
+"""The dbt models as Dagster assets: fact_sales and daily_revenue, partitioned like raw/orders."""
+
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from dagster import AssetExecutionContext, BackfillPolicy
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    dbt_assets,
+)
+
+from shopflow_assets.assets.ingest import WAREHOUSE_POOL
+from shopflow_assets.partitions import daily_partitions
+from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.resources import DuckDBWarehouse
+from shopflow_assets.run_window import days_of
+
+# Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept.
+KEEP_INVOCATION_TARGETS = 10
+
+
+class ShopflowDbtTranslator(DagsterDbtTranslator):
+    """dbt nodes -> assets: model names are the asset keys (fact_sales, daily_revenue); the
+    source raw.orders maps to raw/orders through its `meta.dagster.asset_key`."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "revenue"
+
+
+def dbt_executable() -> str:
+    """dbt next to this interpreter, so runs from a venv that is not activated still find it."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else "dbt"
+
+
+def partition_vars(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -> dict[str, str]:
+    # A backfill of a range is one run, where context.partition_key raises: use the time window.
+    days = days_of(context.partition_time_window)
+    window = context.partition_time_window
+    return {
+        "min_date": days[0].isoformat(),
+        "max_date": window.end.date().isoformat(),
+        "warehouse_path": warehouse.path,
+    }
+
+
+@dbt_assets(
+    manifest=shopflow_dbt_project.manifest_path,
+    project=shopflow_dbt_project,
+    name="shopflow_dbt_models",
+    partitions_def=daily_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    dagster_dbt_translator=ShopflowDbtTranslator(
+        settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
+    ),
+    pool=WAREHOUSE_POOL,
+)
+def shopflow_dbt_models(
+    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse
+) -> Iterator[Any]:
+    vars_ = partition_vars(context, warehouse)
+    context.log.info(f"dbt build for [{vars_['min_date']}, {vars_['max_date']})")
+    runs_dir = Path(dbt.project_dir) / "target" / "runs"
+    invocation = dbt.cli(
+        ["build", "--vars", json.dumps(vars_)],
+        context=context,
+        target_path=runs_dir / context.run_id,
+    )
+    try:
+        yield from invocation.stream()
+    finally:
+        prune_invocation_targets(runs_dir)
+
+
+def prune_invocation_targets(runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS) -> None:
+    if not runs_dir.is_dir():
+        return
+    targets = sorted(
+        (p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for stale in targets[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)

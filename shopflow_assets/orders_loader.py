@@ -1,0 +1,399 @@
+"""The ingest of order exports into `raw.orders`, as DuckDB SQL over the files.
+
+No order row becomes a Python object: Python only lists files and reads their headers, DuckDB reads,
+validates and publishes the rows. The flow for a set of days:
+
+1. check every file's header (a missing required column fails before anything is written);
+2. stage each file as text into a temp table with its record number, DuckDB's CSV reader keeping
+   unparseable lines in its rejects table;
+3. give every record its physical line (header = line 1), counting quoted newlines;
+4. check every rule of the export contract in one pass, collecting all broken rules per row;
+5. publish: in one transaction, replace exactly those days in `raw.orders` and `raw.orders_rejected`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import duckdb
+
+from shopflow_assets.resources.landing import DayExport
+
+REQUIRED_COLUMNS = (
+    "order_id",
+    "line_number",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "discount",
+    "status",
+    "ordered_at",
+    "updated_at",
+)
+STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
+
+# read_csv caps a line at 2 MB by default; a long free-text field must not fail the day.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+# The dialect is fixed by the contract; only the header is read from the file.
+CSV_OPTIONS = (
+    "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
+    f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {4 * MAX_LINE_BYTES}, "
+    "encoding = 'utf-8', compression = 'auto', hive_partitioning = false"
+)
+REJECTS_OPTIONS = (
+    "store_rejects = true, rejects_table = '_shopflow_csv_errors', "
+    "rejects_scan = '_shopflow_csv_scans', rejects_limit = 0"
+)
+
+RAW_TABLES_DDL = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE TABLE IF NOT EXISTS raw.orders (
+    dt            DATE           NOT NULL,
+    order_id      VARCHAR        NOT NULL,
+    line_number   INTEGER        NOT NULL,
+    customer_id   VARCHAR        NOT NULL,
+    product_id    VARCHAR        NOT NULL,
+    quantity      INTEGER        NOT NULL,
+    unit_price    DECIMAL(18, 2) NOT NULL,
+    discount      DECIMAL(18, 2) NOT NULL,
+    status        VARCHAR        NOT NULL,
+    ordered_at    TIMESTAMPTZ    NOT NULL,
+    updated_at    TIMESTAMPTZ    NOT NULL,
+    _source_file  VARCHAR        NOT NULL,
+    _source_line  BIGINT         NOT NULL,
+    _loaded_at    TIMESTAMPTZ    NOT NULL,
+    _run_id       VARCHAR        NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw.orders_rejected (
+    dt            DATE           NOT NULL,
+    _source_file  VARCHAR        NOT NULL,
+    _source_line  BIGINT         NOT NULL,
+    reason        VARCHAR        NOT NULL,
+    order_id      VARCHAR,
+    line_number   VARCHAR,
+    customer_id   VARCHAR,
+    product_id    VARCHAR,
+    quantity      VARCHAR,
+    unit_price    VARCHAR,
+    discount      VARCHAR,
+    status        VARCHAR,
+    ordered_at    VARCHAR,
+    updated_at    VARCHAR,
+    _raw_line     VARCHAR,
+    _loaded_at    TIMESTAMPTZ    NOT NULL,
+    _run_id       VARCHAR        NOT NULL
+);
+"""
+
+
+class MissingColumnsError(Exception):
+    """A file's header lacks required columns: permanent, fix the export."""
+
+
+@dataclass
+class LoadSummary:
+    days: list[dt.date]
+    files: int = 0
+    bytes: int = 0
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_by_day: dict[str, int] = field(default_factory=dict)
+
+
+def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RAW_TABLES_DDL)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _header(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    rows = con.execute(
+        # ignore_errors: a malformed data row must not stop the sniffer from reading the header.
+        f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)",
+        {"path": str(path)},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _column_map(export: DayExport, path: Path, header: Sequence[str]) -> dict[str, str]:
+    """Required column -> the header's name for it (case and surrounding spaces are ignored)."""
+    by_key: dict[str, str] = {}
+    for name in header:
+        by_key.setdefault(name.strip().lstrip("\ufeff").lower(), name)
+    missing = [c for c in REQUIRED_COLUMNS if c not in by_key]
+    if missing:
+        raise MissingColumnsError(
+            f"{_display(export, path)} line 1 (header): missing required column"
+            f"{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}; "
+            f"the header has {', '.join(header)}. Fix the export of {export.day} and re-run; "
+            f"nothing of {export.day} was changed."
+        )
+    return {c: by_key[c] for c in REQUIRED_COLUMNS}
+
+
+def _display(export: DayExport, path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) -> dict[Path, tuple[list[str], dict[str, str]]]:
+    """Every file's header and column mapping; all problems in one error before anything is read."""
+    headers: dict[Path, tuple[list[str], dict[str, str]]] = {}
+    problems: list[str] = []
+    for export in exports:
+        for path in export.files:
+            try:
+                header = _header(con, path)
+                headers[path] = (header, _column_map(export, path, header))
+            except MissingColumnsError as e:
+                problems.append(str(e))
+            except duckdb.Error as e:
+                problems.append(f"{_display(export, path)}: cannot read the CSV header: {_first_line(e)}")
+    if problems:
+        raise MissingColumnsError("\n".join(problems))
+    return headers
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _newline_count(expr: str) -> str:
+    return f"coalesce(length({expr}) - length(replace({expr}, chr(10), '')), 0)"
+
+
+def _stage_file(
+    con: duckdb.DuckDBPyConnection,
+    file_idx: int,
+    path: Path,
+    header: Sequence[str],
+    columns: dict[str, str],
+) -> None:
+    newlines = " + ".join(_newline_count(quote_ident(h)) for h in header) or "0"
+    picked = ", ".join(f"{quote_ident(columns[c])}" for c in REQUIRED_COLUMNS)
+    con.execute(
+        f"""
+        INSERT INTO _shopflow_stage
+        SELECT {file_idx}, row_number() OVER (), {newlines}, {picked}
+        FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
+        """,
+        {"path": str(path), "columns": {name: "VARCHAR" for name in header}},
+    )
+
+
+_CREATE_STAGE = f"""
+CREATE OR REPLACE TEMP TABLE _shopflow_files (
+    file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR
+);
+CREATE OR REPLACE TEMP TABLE _shopflow_stage (
+    file_idx INTEGER, _record BIGINT, _newlines BIGINT,
+    {", ".join(f"{c} VARCHAR" for c in REQUIRED_COLUMNS)}
+);
+DROP TABLE IF EXISTS _shopflow_csv_errors;
+DROP TABLE IF EXISTS _shopflow_csv_scans;
+"""
+
+# Records get their physical line: DuckDB numbers rejected records by line (not counting quoted
+# newlines) and accepted ones not at all. Accepted records fill, in order, the record slots that
+# rejected ones leave free; each record then moves down by the newlines inside the records before it.
+_LINES_SQL = """
+CREATE OR REPLACE TEMP TABLE _shopflow_parse_rejects AS
+SELECT f.file_idx,
+       e.line AS slot,
+       'malformed CSV row: ' || string_agg(DISTINCT lower(e.error_type), ', ')
+           || coalesce(' (from column ' || arg_min(e.column_name, e.column_idx) || ')', '') AS reason,
+       ltrim(first(e.csv_line ORDER BY e.byte_position), chr(13) || chr(10)) AS raw_line
+FROM _shopflow_csv_errors e
+JOIN _shopflow_csv_scans s USING (scan_id, file_id)
+JOIN _shopflow_files f ON f.path = s.file_path
+GROUP BY ALL;
+
+CREATE OR REPLACE TEMP TABLE _shopflow_lines AS
+WITH counts AS (
+    SELECT f.file_idx,
+           (SELECT count(*) FROM _shopflow_stage s WHERE s.file_idx = f.file_idx) AS accepted,
+           (SELECT count(*) FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx) AS rejected,
+           (SELECT coalesce(max(slot), 0) FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx) AS last_rejected
+    FROM _shopflow_files f
+),
+free_slots AS (
+    SELECT c.file_idx, g.slot,
+           row_number() OVER (PARTITION BY c.file_idx ORDER BY g.slot) AS _record
+    FROM counts c, generate_series(2, CAST(greatest(c.accepted + c.rejected + 1, c.last_rejected) AS BIGINT)) AS g(slot)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM _shopflow_parse_rejects r WHERE r.file_idx = c.file_idx AND r.slot = g.slot
+    )
+),
+records AS (
+    SELECT s.file_idx, f.slot, s._record, s._newlines AS newlines
+    FROM _shopflow_stage s JOIN free_slots f USING (file_idx, _record)
+    UNION ALL
+    SELECT file_idx, slot, NULL, length(raw_line) - length(replace(raw_line, chr(10), ''))
+    FROM _shopflow_parse_rejects
+)
+SELECT file_idx, slot, _record,
+       slot + coalesce(sum(newlines) OVER (
+           PARTITION BY file_idx ORDER BY slot ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0
+       ) AS line
+FROM records;
+"""
+
+_ISO_TS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+_DECIMAL = r"[+-]?([0-9]+(\.[0-9]{0,2})?|\.[0-9]{1,2})"
+_INTEGER = r"[+]?[0-9]+"
+
+
+def _typed(column: str, pattern: str, sql_type: str) -> str:
+    return f"CASE WHEN regexp_full_match(trim({column}), '{pattern}') THEN TRY_CAST(trim({column}) AS {sql_type}) END"
+
+
+# Every broken rule of DESIGN.md "The export" is named; a row breaking several lists them all.
+_CHECK_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _shopflow_checked AS
+WITH typed AS (
+    SELECT f.dt, f.name AS _source_file, l.line AS _source_line, s.*,
+           nullif(trim(s.order_id), '')    AS t_order_id,
+           nullif(trim(s.customer_id), '') AS t_customer_id,
+           nullif(trim(s.product_id), '')  AS t_product_id,
+           {_typed("s.line_number", _INTEGER, "INTEGER")} AS t_line_number,
+           {_typed("s.quantity", _INTEGER, "INTEGER")} AS t_quantity,
+           {_typed("s.unit_price", _DECIMAL, "DECIMAL(18, 2)")} AS t_unit_price,
+           {_typed("s.discount", _DECIMAL, "DECIMAL(18, 2)")} AS t_discount,
+           {_typed("s.ordered_at", _ISO_TS, "TIMESTAMPTZ")} AS t_ordered_at,
+           {_typed("s.updated_at", _ISO_TS, "TIMESTAMPTZ")} AS t_updated_at
+    FROM _shopflow_stage s
+    JOIN _shopflow_files f USING (file_idx)
+    JOIN _shopflow_lines l USING (file_idx, _record)
+)
+SELECT *,
+    concat_ws('; ',
+        CASE WHEN t_order_id IS NULL THEN 'order_id is empty' END,
+        CASE WHEN t_line_number IS NULL THEN 'line_number is not an integer'
+             WHEN t_line_number < 1 THEN 'line_number is below 1' END,
+        CASE WHEN t_customer_id IS NULL THEN 'customer_id is empty' END,
+        CASE WHEN t_product_id IS NULL THEN 'product_id is empty' END,
+        CASE WHEN t_quantity IS NULL THEN 'quantity is not an integer'
+             WHEN t_quantity < 1 THEN 'quantity is below 1' END,
+        CASE WHEN t_unit_price IS NULL THEN 'unit_price is not a decimal(18,2)'
+             WHEN t_unit_price < 0 THEN 'unit_price is negative' END,
+        CASE WHEN t_discount IS NULL THEN 'discount is not a decimal(18,2)'
+             WHEN t_discount < 0 THEN 'discount is negative'
+             WHEN t_discount > t_quantity * t_unit_price THEN 'discount exceeds quantity x unit_price' END,
+        CASE WHEN status IS NULL OR status NOT IN {STATUSES!r} THEN 'status is not one of {", ".join(STATUSES)}' END,
+        CASE WHEN t_ordered_at IS NULL THEN 'ordered_at is not an ISO-8601 timestamp with offset'
+             WHEN CAST(timezone('UTC', t_ordered_at) AS DATE) <> dt THEN 'ordered_at is not on the export day (UTC)' END,
+        CASE WHEN t_updated_at IS NULL THEN 'updated_at is not an ISO-8601 timestamp with offset' END
+    ) AS reason
+FROM typed;
+"""
+
+_PUBLISH_STATEMENTS = (
+    "DELETE FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
+    "DELETE FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
+    f"""
+INSERT INTO raw.orders
+SELECT dt, t_order_id, t_line_number, t_customer_id, t_product_id, t_quantity, t_unit_price,
+       t_discount, status, t_ordered_at, t_updated_at, _source_file, _source_line, $loaded_at, $run_id
+FROM _shopflow_checked WHERE reason = ''
+""",
+    f"""
+INSERT INTO raw.orders_rejected
+SELECT dt, _source_file, _source_line, reason, {", ".join(REQUIRED_COLUMNS)}, NULL, $loaded_at, $run_id
+FROM _shopflow_checked WHERE reason <> ''
+UNION ALL
+SELECT f.dt, f.name, l.line, r.reason, {", ".join("NULL" for _ in REQUIRED_COLUMNS)}, r.raw_line, $loaded_at, $run_id
+FROM _shopflow_parse_rejects r
+JOIN _shopflow_files f USING (file_idx)
+JOIN _shopflow_lines l ON l.file_idx = r.file_idx AND l.slot = r.slot AND l._record IS NULL
+""",
+)
+
+
+def load_days(
+    con: duckdb.DuckDBPyConnection,
+    exports: Sequence[DayExport],
+    run_id: str,
+    loaded_at: dt.datetime,
+) -> LoadSummary:
+    """Replace `raw.orders` and `raw.orders_rejected` for the exports' days, in one transaction.
+
+    Raises MissingColumnsError (nothing changed) when a file's header lacks a required column.
+    """
+    summary = LoadSummary(days=[e.day for e in exports])
+    headers = check_headers(con, exports)
+    ensure_raw_tables(con)
+
+    con.execute(_CREATE_STAGE)
+    con.execute("CREATE OR REPLACE TEMP TABLE _shopflow_files_days (dt DATE)")
+    con.executemany("INSERT INTO _shopflow_files_days VALUES (?)", [[e.day] for e in exports])
+    file_idx = 0
+    for export in exports:
+        for path in export.files:
+            file_idx += 1
+            con.execute(
+                "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?)",
+                [file_idx, export.day, str(path), path.name],
+            )
+            header, columns = headers[path]
+            _stage_file(con, file_idx, path, header, columns)
+            summary.files += 1
+            summary.bytes += path.stat().st_size
+    _ensure_reject_tables(con)
+    con.execute(_LINES_SQL)
+    con.execute(_CHECK_SQL)
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for statement in _PUBLISH_STATEMENTS:
+            params = {"loaded_at": loaded_at, "run_id": run_id} if "$run_id" in statement else None
+            con.execute(statement, params)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+    days = [e.day for e in exports]
+    summary.rows_by_day = {
+        str(d): n
+        for d, n in con.execute(
+            "SELECT dt, count(*) FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days) GROUP BY dt ORDER BY dt"
+        ).fetchall()
+    }
+    for d in days:
+        summary.rows_by_day.setdefault(str(d), 0)
+    summary.rows_loaded = sum(summary.rows_by_day.values())
+    summary.rejected_by_reason = dict(
+        con.execute(
+            """
+            SELECT rule, count(*)
+            FROM raw.orders_rejected,
+                 unnest(CASE WHEN reason LIKE 'malformed CSV row%' THEN ['malformed CSV row']
+                             ELSE string_split(reason, '; ') END) AS u(rule)
+            WHERE dt IN (SELECT dt FROM _shopflow_files_days)
+            GROUP BY rule ORDER BY rule
+            """
+        ).fetchall()
+    )
+    summary.rows_rejected = con.execute(
+        "SELECT count(*) FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days)"
+    ).fetchall()[0][0]
+    return summary
+
+
+def _ensure_reject_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB creates its rejects tables on the first scan; a day without files has none."""
+    con.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS _shopflow_csv_scans (scan_id UBIGINT, file_id UBIGINT, file_path VARCHAR);
+        CREATE TEMP TABLE IF NOT EXISTS _shopflow_csv_errors (
+            scan_id UBIGINT, file_id UBIGINT, line UBIGINT, byte_position UBIGINT,
+            column_idx UBIGINT, column_name VARCHAR, error_type VARCHAR, error_message VARCHAR,
+            csv_line VARCHAR);
+        """
+    )

@@ -1,0 +1,96 @@
+"""The environment, read once and typed.
+
+Every variable of DESIGN.md "Configuration" lives here and nowhere else. Reading the settings does
+no I/O beyond ``os.environ``: relative paths are joined to the repository root, not resolved on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = REPO_ROOT / "shopflow_dbt"
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    landing_dir: Path
+    warehouse: Path
+    start_date: dt.date
+    sla_timezone: str
+    ui_url: str
+    slack_bot_token: str | None
+    slack_channel: str
+    slack_api_url: str
+    pg_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            value = env.get(name, "").strip()
+            return value or default
+
+        return cls(
+            landing_dir=_repo_path(get("SHOPFLOW_LANDING_DIR", "./data/landing")),
+            warehouse=_repo_path(get("SHOPFLOW_WAREHOUSE", "./data/shopflow.duckdb")),
+            start_date=_parse_date("SHOPFLOW_START_DATE", get("SHOPFLOW_START_DATE", "2024-01-01")),
+            sla_timezone=_parse_timezone(get("SHOPFLOW_SLA_TIMEZONE", "UTC")),
+            ui_url=get("SHOPFLOW_UI_URL", "http://127.0.0.1:3000").rstrip("/"),
+            slack_bot_token=env.get("SLACK_BOT_TOKEN") or None,
+            slack_channel=get("SHOPFLOW_SLACK_CHANNEL", "#shopflow-alerts"),
+            slack_api_url=get("SHOPFLOW_SLACK_API_URL", DEFAULT_SLACK_API_URL),
+            pg_url=env.get("DAGSTER_PG_URL") or None,
+        )
+
+    def __repr__(self) -> str:  # never print the Slack token or the Postgres password
+        return (
+            f"Settings(landing_dir={self.landing_dir}, warehouse={self.warehouse}, "
+            f"start_date={self.start_date}, sla_timezone={self.sla_timezone}, ui_url={self.ui_url}, "
+            f"slack={'token set' if self.slack_bot_token else 'log only'} -> {self.slack_channel}, "
+            f"postgres={'set' if self.pg_url else 'embedded'})"
+        )
+
+
+def _repo_path(value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))
+
+
+def _parse_date(name: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={value!r} is not a date: set it as YYYY-MM-DD, e.g. {name}=2024-01-01"
+        ) from None
+
+
+def _parse_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"SHOPFLOW_SLA_TIMEZONE={value!r} is not an IANA timezone: "
+            "use a name such as UTC or Europe/Berlin"
+        ) from None
+    return value
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment on first use."""
+    return Settings.from_env()
