@@ -15,7 +15,7 @@ from dagster import (
 
 from shopflow_assets.orders_loader import MissingColumnsError, load_days
 from shopflow_assets.partitions import daily_partitions
-from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone
 from shopflow_assets.run_window import days_of, rerun_command
 
 RAW_ORDERS = AssetKey(["raw", "orders"])
@@ -43,7 +43,10 @@ def raw_orders(
 ) -> MaterializeResult:
     days = days_of(context.partition_time_window)
     # The file list is read here, inside the run, never when the definitions load.
-    exports = [landing.finished_export(day) for day in days]
+    try:
+        exports = [landing.finished_export(day) for day in days]
+    except ExportNotReady as not_ready:
+        raise Failure(description=str(not_ready)) from None
     context.log.info(
         f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
         f"{sum(len(e.files) for e in exports)} file(s)"
