@@ -284,7 +284,7 @@ SELECT *,
              WHEN t_unit_price < 0 THEN 'unit_price is negative' END,
         CASE WHEN t_discount IS NULL THEN 'discount is not a decimal(18,2)'
              WHEN t_discount < 0 THEN 'discount is negative'
-             WHEN t_discount > t_quantity * t_unit_price THEN 'discount exceeds quantity x unit_price' END,
+             WHEN t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price THEN 'discount exceeds quantity x unit_price' END,
         CASE WHEN status IS NULL OR status NOT IN {STATUSES!r} THEN 'status is not one of {", ".join(STATUSES)}' END,
         CASE WHEN t_ordered_at IS NULL THEN 'ordered_at is not an ISO-8601 timestamp with offset'
              WHEN CAST(timezone('UTC', t_ordered_at) AS DATE) <> dt THEN 'ordered_at is not on the export day (UTC)' END,

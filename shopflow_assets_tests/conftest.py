@@ -1,0 +1,173 @@
+"""Fixtures: a temporary landing zone and warehouse, exports written like the order system does,
+and in-process runs of the real assets (real DuckDB, real dbt, a real ephemeral Dagster instance)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import duckdb
+import pytest
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster_dbt import DbtCliResource
+
+from shopflow_assets.assets import raw_orders, shopflow_dbt_models
+from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.orders_loader import REQUIRED_COLUMNS
+from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALL_ASSETS = [raw_orders, shopflow_dbt_models]
+FACT_SALES = AssetKey("fact_sales")
+DAILY_REVENUE = AssetKey("daily_revenue")
+RAW_ORDERS = AssetKey(["raw", "orders"])
+
+
+def line(
+    order_id: str,
+    line_number: int | str = 1,
+    *,
+    day: str = "2024-03-01",
+    quantity: int | str = 1,
+    unit_price: str = "10.00",
+    discount: str = "0.00",
+    status: str = "placed",
+    updated_at: str | None = None,
+    customer_id: str = "C-1",
+    product_id: str = "P-1",
+    ordered_at: str | None = None,
+) -> dict[str, str]:
+    """One order line as the exporter writes it (every field text)."""
+    ordered = ordered_at or f"{day}T12:00:00+00:00"
+    return {
+        "order_id": order_id,
+        "line_number": str(line_number),
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "quantity": str(quantity),
+        "unit_price": unit_price,
+        "discount": discount,
+        "status": status,
+        "ordered_at": ordered,
+        "updated_at": updated_at or ordered,
+    }
+
+
+def csv_text(rows: Iterable[dict[str, str]], columns: Sequence[str] = REQUIRED_COLUMNS) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@dataclass
+class Landing:
+    root: Path
+
+    def day_dir(self, day: str) -> Path:
+        return self.root / "orders" / f"dt={day}"
+
+    def write(self, day: str, name: str, content: str | bytes) -> Path:
+        directory = self.day_dir(day)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        if name.endswith(".gz"):
+            data = gzip.compress(data)
+        path = directory / name
+        path.write_bytes(data)
+        return path
+
+    def finish(self, day: str) -> None:
+        (self.day_dir(day) / "_SUCCESS").touch()
+
+    def export(self, day: str, files: dict[str, str | bytes]) -> None:
+        """A whole export: the files, then `_SUCCESS`."""
+        for name, content in files.items():
+            self.write(day, name, content)
+        self.finish(day)
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Landing:
+    root = tmp_path / "landing"
+    root.mkdir()
+    return Landing(root)
+
+
+@pytest.fixture
+def warehouse_path(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse" / "shopflow.duckdb"
+
+
+@pytest.fixture
+def resources(landing: Landing, warehouse_path: Path) -> dict:
+    return {
+        "landing": LandingZone(root=str(landing.root)),
+        "warehouse": DuckDBWarehouse(path=str(warehouse_path)),
+        "dbt": DbtCliResource(project_dir=shopflow_dbt_project, dbt_executable=dbt_executable()),
+    }
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture
+def run(resources: dict, instance: DagsterInstance):
+    """Materialize a selection for one day in process; returns the result (never raises)."""
+
+    def _run(day: str, selection: str | list[str] = "*") -> ExecuteInProcessResult:
+        return materialize(
+            ALL_ASSETS,
+            selection=selection,
+            partition_key=day,
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+
+    return _run
+
+
+def query(warehouse_path: Path, sql: str, params: Sequence | None = None) -> list[tuple]:
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(sql, params or []).fetchall()
+
+
+def snapshot(warehouse_path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table in the warehouse, sorted: to prove that nothing changed."""
+    if not warehouse_path.exists():
+        return {}
+    tables = query(
+        warehouse_path,
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+        "WHERE table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    return {
+        t: sorted(query(warehouse_path, f"SELECT * FROM {t}"), key=repr) for (t,) in tables
+    }
+
+
+def money(value: str | Decimal) -> Decimal:
+    return Decimal(value).quantize(Decimal("0.01"))
+
+
+def failure_messages(result: ExecuteInProcessResult) -> str:
+    return "\n".join(
+        str(e.step_failure_data.error.message) for e in result.all_events if e.is_step_failure
+    )
+
+
+def day_of(value: str) -> dt.date:
+    return dt.date.fromisoformat(value)

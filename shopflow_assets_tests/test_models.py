@@ -1,0 +1,164 @@
+"""The dbt models, run as Dagster assets on real dbt-duckdb: DESIGN.md "Model rules"."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from .conftest import (
+    DAILY_REVENUE,
+    FACT_SALES,
+    csv_text,
+    day_of,
+    failure_messages,
+    line,
+    money,
+    query,
+)
+
+DAY = "2024-03-01"
+
+
+def fact(warehouse_path, day: str = DAY):
+    return query(
+        warehouse_path,
+        "SELECT order_id, line_number, status, quantity, unit_price, discount, gross_revenue, net_revenue "
+        "FROM analytics.fact_sales WHERE dt = ? ORDER BY order_id, line_number",
+        [day],
+    )
+
+
+def test_duplicate_rule_latest_update_then_later_file_then_later_line(run, landing, warehouse_path):
+    t0, t1 = "2024-03-01T10:00:00+00:00", "2024-03-01T11:00:00+00:00"
+    landing.export(
+        DAY,
+        {
+            # latest updated_at wins, whatever the file order (the later version is in the earlier file)
+            "a.csv": csv_text([line("U", updated_at=t1, quantity=2), line("F", quantity=1), line("L", quantity=1), line("L", quantity=2)]),
+            "b.csv": csv_text([line("U", updated_at=t0, quantity=9), line("F", quantity=3)]),
+            # same updated_at for F in a.csv and b.csv: the later file name (b.csv) wins;
+            # L twice in a.csv with the same updated_at: the later line (quantity 2) wins
+        },
+    )
+
+    result = run(DAY)
+
+    assert result.success, failure_messages(result)
+    assert [(o, q) for o, _, _, q, *_ in fact(warehouse_path)] == [("F", 3), ("L", 2), ("U", 2)]
+
+
+def test_tie_break_on_file_name_is_by_sorted_name_not_by_landing_order(run, landing, warehouse_path):
+    # file "10.csv" sorts before "9.csv": the later name is 9.csv
+    landing.write(DAY, "9.csv", csv_text([line("X", quantity=9)]))
+    landing.write(DAY, "10.csv", csv_text([line("X", quantity=10)]))
+    landing.finish(DAY)
+    assert run(DAY).success
+    assert [(o, q) for o, _, _, q, *_ in fact(warehouse_path)] == [("X", 9)]
+
+
+def test_cancelled_and_refunded_are_excluded_by_their_winning_status(run, landing, warehouse_path):
+    early, late = "2024-03-01T08:00:00Z", "2024-03-01T09:00:00Z"
+    landing.export(
+        DAY,
+        {
+            "a.csv": csv_text(
+                [
+                    line("KEEP", status="cancelled", updated_at=early),
+                    line("KEEP", status="shipped", updated_at=late),   # reinstated: kept
+                    line("DROP1", status="placed", updated_at=early),
+                    line("DROP1", status="refunded", updated_at=late),  # refunded later: dropped
+                    line("DROP2", status="cancelled"),
+                    line("OK", 1, status="delivered"),
+                    line("OK", 2, status="placed"),
+                ]
+            )
+        },
+    )
+    assert run(DAY).success
+    assert [(o, n, s) for o, n, s, *_ in fact(warehouse_path)] == [
+        ("KEEP", 1, "shipped"),
+        ("OK", 1, "delivered"),
+        ("OK", 2, "placed"),
+    ]
+
+
+def test_exact_decimal_totals(run, landing, warehouse_path):
+    rng = random.Random(11)
+    rows = []
+    for n in range(300):
+        quantity = rng.randint(1, 7)
+        price = Decimal(rng.randint(0, 1_000_000)) / 100
+        discount = (quantity * price * Decimal(rng.randint(0, 100)) / 100).quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+        status = rng.choice(["placed", "shipped", "delivered", "cancelled", "refunded"])
+        rows.append(line(f"O{n // 3}", n % 3 + 1, quantity=quantity, unit_price=f"{price:.2f}", discount=f"{discount:.2f}", status=status))
+    landing.export(DAY, {"a.csv": csv_text(rows[:150]), "b.csv.gz": csv_text(rows[150:])})
+
+    result = run(DAY)
+
+    assert result.success, failure_messages(result)
+    sold = [r for r in rows if r["status"] not in ("cancelled", "refunded")]
+    gross = sum(int(r["quantity"]) * money(r["unit_price"]) for r in sold)
+    net = gross - sum(money(r["discount"]) for r in sold)
+    expected = (
+        day_of(DAY),
+        len({r["order_id"] for r in sold}),
+        len(sold),
+        sum(int(r["quantity"]) for r in sold),
+        gross,
+        net,
+    )
+    assert query(warehouse_path, "SELECT * FROM analytics.daily_revenue") == [expected]
+    types = dict(
+        query(
+            warehouse_path,
+            "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'analytics' AND column_name IN ('unit_price', 'discount', 'gross_revenue', 'net_revenue')",
+        )
+    )
+    assert set(types.values()) == {"DECIMAL(18,2)"} and len(types) == 6
+
+
+def test_rebuilding_a_day_touches_only_that_day_even_when_it_ends_empty(run, landing, warehouse_path):
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A", quantity=2)])})
+    landing.export("2024-03-02", {"a.csv": csv_text([line("B", day="2024-03-02", quantity=5)])})
+    assert run("2024-03-01").success and run("2024-03-02").success
+    other = (
+        query(warehouse_path, "SELECT * FROM analytics.fact_sales WHERE dt = '2024-03-02'"),
+        query(warehouse_path, "SELECT * FROM analytics.daily_revenue WHERE dt = '2024-03-02'"),
+    )
+    assert other[0] and other[1]
+
+    # D is re-exported and every line of it is now cancelled: D's rebuild is empty.
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A", quantity=2, status="cancelled")])})
+    result = run("2024-03-01")
+
+    assert result.success, failure_messages(result)
+    assert fact(warehouse_path, "2024-03-01") == []
+    assert query(warehouse_path, "SELECT * FROM analytics.daily_revenue WHERE dt = '2024-03-01'") == []
+    assert (
+        query(warehouse_path, "SELECT * FROM analytics.fact_sales WHERE dt = '2024-03-02'"),
+        query(warehouse_path, "SELECT * FROM analytics.daily_revenue WHERE dt = '2024-03-02'"),
+    ) == other
+
+
+def test_models_only_after_ingest_on_a_new_warehouse(run, landing, warehouse_path):
+    """DESIGN.md: `--select fact_sales,daily_revenue` works right after raw/orders alone."""
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(DAY, selection="raw/orders").success
+    result = run(DAY, selection=["fact_sales", "daily_revenue"])
+    assert result.success, failure_messages(result)
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == {FACT_SALES, DAILY_REVENUE}
+    assert len(fact(warehouse_path)) == 1
+
+
+def test_dbt_tests_are_asset_checks_that_pass(run, landing, warehouse_path):
+    landing.export(DAY, {"a.csv": csv_text([line("A"), line("B", discount="5.00")])})
+    result = run(DAY)
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    by_asset = {e.asset_key for e in evaluations}
+    assert by_asset == {FACT_SALES, DAILY_REVENUE}
+    assert len(evaluations) >= 20
+    assert all(e.passed for e in evaluations)
+    names = {e.check_name for e in evaluations}
+    assert {"daily_revenue_matches_fact_sales", "fact_sales_net_is_gross_minus_discount", "unique_daily_revenue_dt"} <= names
