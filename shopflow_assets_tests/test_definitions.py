@@ -1,0 +1,89 @@
+"""The code location loads fast: importing it touches no landing file and runs no dbt command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dagster import AssetKey
+
+from shopflow_assets.definitions import defs
+from shopflow_assets.settings import Settings, SettingsError
+
+from .conftest import REPO_ROOT
+
+# Python's audit hooks see every open, directory listing and subprocess of the import.
+PROBE = r"""
+import json, sys
+events = []
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir", "subprocess.Popen", "os.exec", "os.posix_spawn"):
+        events.append([event, " ".join(map(str, args[:2])) if args else ""])
+sys.addaudithook(hook)
+import shopflow_assets.definitions
+print(json.dumps(events))
+"""
+
+
+def test_import_touches_no_landing_file_and_runs_no_dbt(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "orders" / "dt=2024-03-01").mkdir(parents=True)
+    (landing / "orders" / "dt=2024-03-01" / "_SUCCESS").touch()
+    env = dict(os.environ, SHOPFLOW_LANDING_DIR=str(landing), SHOPFLOW_WAREHOUSE=str(tmp_path / "w.duckdb"))
+
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    events = json.loads(out.strip().splitlines()[-1])
+
+    assert not [e for e in events if str(landing) in e[1] or str(tmp_path) in e[1]]
+    # (dagster's vendored croniter runs `file` on the interpreter; no dbt, though)
+    assert not [e for e in events if e[0] != "open" and "dbt" in e[1]]
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_the_contract_assets_and_partitions():
+    graph = defs.resolve_asset_graph()
+    keys = set(graph.get_all_asset_keys())
+    assert {AssetKey(["raw", "orders"]), AssetKey("fact_sales"), AssetKey("daily_revenue")} <= keys
+    for key in (AssetKey(["raw", "orders"]), AssetKey("fact_sales"), AssetKey("daily_revenue")):
+        partitions = graph.get(key).partitions_def
+        assert partitions.get_first_partition_key() == "2024-01-01"
+        assert partitions.timezone == "UTC"
+    assert graph.get(AssetKey("fact_sales")).parent_keys == {AssetKey(["raw", "orders"])}
+    assert graph.get(AssetKey("daily_revenue")).parent_keys == {AssetKey("fact_sales")}
+
+
+def test_start_date_comes_from_the_environment():
+    script = "from shopflow_assets.definitions import defs; from dagster import AssetKey; print(defs.resolve_asset_graph().get(AssetKey('fact_sales')).partitions_def.get_first_partition_key())"
+    env = dict(os.environ, SHOPFLOW_START_DATE="2025-06-01")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2025-06-01"
+
+
+def test_settings_defaults_and_clear_errors():
+    settings = Settings.from_env({})
+    assert settings.landing_dir == REPO_ROOT / "data" / "landing"
+    assert settings.warehouse == REPO_ROOT / "data" / "shopflow.duckdb"
+    assert str(settings.start_date) == "2024-01-01"
+    assert (settings.sla_timezone, settings.slack_channel, settings.ui_url) == ("UTC", "#shopflow-alerts", "http://127.0.0.1:3000")
+    assert settings.slack_bot_token is None and settings.pg_url is None
+    assert Settings.from_env({"SHOPFLOW_WAREHOUSE": "/abs/w.duckdb"}).warehouse.as_posix() == "/abs/w.duckdb"
+
+    for env, words in (
+        ({"SHOPFLOW_START_DATE": "01/02/2024"}, "SHOPFLOW_START_DATE='01/02/2024' is not a date"),
+        ({"SHOPFLOW_SLA_TIMEZONE": "Mars/Olympus"}, "SHOPFLOW_SLA_TIMEZONE='Mars/Olympus' is not an IANA timezone"),
+    ):
+        try:
+            Settings.from_env(env)
+        except SettingsError as error:
+            assert words in str(error)
+        else:
+            raise AssertionError(f"{env} was accepted")
+
+
+def test_token_is_not_in_the_settings_repr():
+    settings = Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-secret", "DAGSTER_PG_URL": "postgresql://u:pw@h/db"})
+    assert "xoxb-secret" not in repr(settings) and "pw" not in repr(settings)
