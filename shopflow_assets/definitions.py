@@ -1,21 +1,30 @@
 """The one Definitions object of the shopflow_daily code location."""
 
-from dagster import Definitions
+from dagster import Definitions, EnvVar
 from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.resources.slack import ShopflowSlack
+from shopflow_assets.sensors import broke_alert_sensor, failed_check_alert_sensor, lateness_sensor
 from shopflow_assets.settings import get_settings
 
 settings = get_settings()
 
 defs = Definitions(
     assets=[raw_orders, shopflow_dbt_models],
+    sensors=[broke_alert_sensor, failed_check_alert_sensor, lateness_sensor],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),
         "warehouse": DuckDBWarehouse(path=str(settings.warehouse)),
         "dbt": DbtCliResource(project_dir=shopflow_dbt_project, dbt_executable=dbt_executable()),
+        "slack": ShopflowSlack(
+            # EnvVar: the UI and the event log show the variable's name, never the token.
+            token=EnvVar("SLACK_BOT_TOKEN") if settings.slack_bot_token else "",
+            channel=settings.slack_channel,
+            api_url=settings.slack_api_url,
+        ),
     },
 )

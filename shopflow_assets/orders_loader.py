@@ -90,7 +90,11 @@ CREATE TABLE IF NOT EXISTS raw.orders_rejected (
 """
 
 
-class MissingColumnsError(Exception):
+class BadExportError(Exception):
+    """An export file that cannot be ingested as it is (permanent: retrying cannot fix it)."""
+
+
+class MissingColumnsError(BadExportError):
     """A file's header lacks required columns: permanent, fix the export."""
 
 
@@ -153,6 +157,8 @@ def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) 
                 headers[path] = (header, _column_map(export, path, header))
             except MissingColumnsError as e:
                 problems.append(str(e))
+            except duckdb.IOException:
+                raise
             except duckdb.Error as e:
                 problems.append(f"{_display(export, path)}: cannot read the CSV header: {_first_line(e)}")
     if problems:
@@ -177,6 +183,18 @@ def _stage_file(
 ) -> None:
     newlines = " + ".join(_newline_count(quote_ident(h)) for h in header) or "0"
     picked = ", ".join(f"{quote_ident(columns[c])}" for c in REQUIRED_COLUMNS)
+    try:
+        _read_file_into_stage(con, file_idx, path, header, newlines, picked)
+    except duckdb.IOException:
+        raise  # the file system or a lock: transient, the step is retried
+    except duckdb.Error as error:
+        raise BadExportError(
+            f"{path.parent.name}/{path.name}: DuckDB cannot read it as CSV: {_first_line(error)}. "
+            "Fix or re-export the file, then re-run the day."
+        ) from None
+
+
+def _read_file_into_stage(con, file_idx, path, header, newlines, picked) -> None:
     con.execute(
         f"""
         INSERT INTO _shopflow_stage
@@ -323,7 +341,8 @@ def load_days(
 ) -> LoadSummary:
     """Replace `raw.orders` and `raw.orders_rejected` for the exports' days, in one transaction.
 
-    Raises MissingColumnsError (nothing changed) when a file's header lacks a required column.
+    Raises BadExportError (nothing changed) when a file cannot be ingested as it is, for example
+    when its header lacks a required column; duckdb.IOException on a transient I/O fault.
     """
     summary = LoadSummary(days=[e.day for e in exports])
     headers = check_headers(con, exports)

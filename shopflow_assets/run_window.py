@@ -22,3 +22,22 @@ def rerun_command(selection: str, days: list[dt.date]) -> str:
     return (
         f"dagster asset materialize -m shopflow_assets.definitions --select '{selection}' {partition}"
     )
+
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def days_of_run_tags(tags: dict[str, str]) -> list[dt.date]:
+    """The days a run was launched for, from its partition tags (none for an unpartitioned run)."""
+    try:
+        if PARTITION_TAG in tags:
+            return [dt.date.fromisoformat(tags[PARTITION_TAG])]
+        if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
+            first = dt.date.fromisoformat(tags[RANGE_START_TAG])
+            last = dt.date.fromisoformat(tags[RANGE_END_TAG])
+            return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    except ValueError:
+        pass
+    return []

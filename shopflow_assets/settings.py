@@ -35,6 +35,9 @@ class Settings:
     slack_channel: str
     slack_api_url: str
     pg_url: str | None
+    retry_max_retries: int
+    retry_delay_seconds: float
+    sensor_interval_seconds: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -54,6 +57,9 @@ class Settings:
             slack_channel=get("SHOPFLOW_SLACK_CHANNEL", "#shopflow-alerts"),
             slack_api_url=get("SHOPFLOW_SLACK_API_URL", DEFAULT_SLACK_API_URL),
             pg_url=env.get("DAGSTER_PG_URL") or None,
+            retry_max_retries=_parse_number("SHOPFLOW_RETRY_MAX_RETRIES", get("SHOPFLOW_RETRY_MAX_RETRIES", "4"), int),
+            retry_delay_seconds=_parse_number("SHOPFLOW_RETRY_DELAY_SECONDS", get("SHOPFLOW_RETRY_DELAY_SECONDS", "2"), float),
+            sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "30"), int),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -68,6 +74,16 @@ class Settings:
 def _repo_path(value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))
+
+
+def _parse_number(name: str, value: str, kind: type) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise SettingsError(f"{name}={value!r} is not a non-negative {kind.__name__}: e.g. {name}=2")
+    return number
 
 
 def _parse_date(name: str, value: str) -> dt.date:

@@ -171,3 +171,29 @@ def failure_messages(result: ExecuteInProcessResult) -> str:
 
 def day_of(value: str) -> dt.date:
     return dt.date.fromisoformat(value)
+
+
+SLACK_TOKEN = "xoxb-test-token-0000"
+
+
+@pytest.fixture
+def slack_server():
+    from .slack_standin import start_slack_standin
+
+    standin = start_slack_standin()
+    yield standin
+    standin.server.shutdown()
+
+
+@pytest.fixture
+def slack(slack_server):
+    from shopflow_assets.resources.slack import ShopflowSlack
+
+    return ShopflowSlack(
+        token=SLACK_TOKEN,
+        channel="#shopflow-alerts",
+        api_url=slack_server.api_url,
+        timeout_seconds=5,
+        max_retries=3,
+        max_retry_after_seconds=2,
+    )

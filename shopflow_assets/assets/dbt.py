@@ -7,19 +7,29 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from dagster import AssetExecutionContext, BackfillPolicy
+from dagster import AssetExecutionContext, BackfillPolicy, Failure
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
     DbtCliResource,
     dbt_assets,
 )
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.assets.ingest import WAREHOUSE_POOL
+from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse
-from shopflow_assets.run_window import days_of
+from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
+from shopflow_assets.run_window import days_of, rerun_command
+
+# The executive dashboard's tables: yesterday's partition by 08:00 (see freshness.py).
+FRESH_BY_0800 = {"fact_sales", "daily_revenue"}
+
+# A dbt failure is transient only when DuckDB could not get the file; anything else (a compilation
+# error, a failed test) fails the same way on every attempt.
+TRANSIENT_DBT_ERRORS = ("Could not set lock", "Conflicting lock", "IO Error")
 
 # Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept.
 KEEP_INVOCATION_TARGETS = 10
@@ -28,6 +38,12 @@ KEEP_INVOCATION_TARGETS = 10
 class ShopflowDbtTranslator(DagsterDbtTranslator):
     """dbt nodes -> assets: model names are the asset keys (fact_sales, daily_revenue); the
     source raw.orders maps to raw/orders through its `meta.dagster.asset_key`."""
+
+    def get_asset_spec(self, manifest, unique_id, project):
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if spec.key.path[-1] in FRESH_BY_0800:
+            spec = spec.replace_attributes(freshness_policy=DAILY_BY_0800)
+        return spec
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "revenue"
@@ -60,6 +76,7 @@ def partition_vars(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -
         settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
     ),
     pool=WAREHOUSE_POOL,
+    retry_policy=TRANSIENT_RETRY_POLICY,
 )
 def shopflow_dbt_models(
     context: AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse
@@ -74,8 +91,33 @@ def shopflow_dbt_models(
     )
     try:
         yield from invocation.stream()
+    except DagsterDbtCliRuntimeError as error:
+        problems = failed_nodes(invocation) or [str(error).strip().splitlines()[0]]
+        if any(marker in str(error) + " ".join(problems) for marker in TRANSIENT_DBT_ERRORS):
+            raise  # retried with backoff
+        days = days_of(context.partition_time_window)
+        raise Failure(
+            description=(
+                f"dbt build failed for {days[0]}..{days[-1]}: {'; '.join(problems)}. "
+                f"Fix the model or the data, then re-run: {rerun_command('fact_sales,daily_revenue', days)}"
+            ),
+            allow_retries=False,
+        ) from None
     finally:
         prune_invocation_targets(runs_dir)
+
+
+def failed_nodes(invocation) -> list[str]:
+    """`node: message` for each dbt model or test that errored or failed, from run_results.json."""
+    try:
+        results = invocation.get_artifact("run_results.json")["results"]
+    except Exception:  # no run_results: dbt failed before running anything
+        return []
+    return [
+        f"{r['unique_id'].split('.')[-1]} {r['status']}: {' '.join(str(r.get('message') or '').split())}"
+        for r in results
+        if r.get("status") in ("error", "fail")
+    ]
 
 
 def prune_invocation_targets(runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS) -> None:

@@ -13,8 +13,9 @@ from dagster import (
     asset,
 )
 
-from shopflow_assets.orders_loader import MissingColumnsError, load_days
+from shopflow_assets.orders_loader import BadExportError, load_days
 from shopflow_assets.partitions import daily_partitions
+from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
 from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone
 from shopflow_assets.run_window import days_of, rerun_command
 
@@ -31,6 +32,7 @@ WAREHOUSE_POOL = "shopflow_warehouse"
     group_name="ingest",
     kinds={"duckdb", "csv"},
     pool=WAREHOUSE_POOL,
+    retry_policy=TRANSIENT_RETRY_POLICY,
     description=(
         "The order system's export of day D (landing zone orders/dt=D/*.csv[.gz], after _SUCCESS), "
         "loaded by DuckDB SQL: valid rows in raw.orders, broken rows with their reason in "
@@ -45,8 +47,8 @@ def raw_orders(
     # The file list is read here, inside the run, never when the definitions load.
     try:
         exports = [landing.finished_export(day) for day in days]
-    except ExportNotReady as not_ready:
-        raise Failure(description=str(not_ready)) from None
+    except ExportNotReady as not_ready:  # transient: retried, the export may still land
+        raise Failure(description=str(not_ready), allow_retries=True) from None
     context.log.info(
         f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
         f"{sum(len(e.files) for e in exports)} file(s)"
@@ -56,7 +58,7 @@ def raw_orders(
             summary = load_days(
                 con, exports, run_id=context.run_id, loaded_at=dt.datetime.now(dt.timezone.utc)
             )
-    except MissingColumnsError as error:
+    except BadExportError as error:  # permanent: retrying cannot fix the file
         raise Failure(
             description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
             allow_retries=False,

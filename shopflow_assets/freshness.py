@@ -1,0 +1,112 @@
+"""The 08:00 promise: yesterday's fact_sales (and daily_revenue) by 08:00 in SHOPFLOW_SLA_TIMEZONE.
+
+Dagster's FreshnessPolicy shows the state in the UI, but judges the newest materialization of any
+partition (a backfill of an old day makes it pass) and sends nothing in open source; so the "late"
+alert looks at yesterday's partition itself (`evaluate_lateness`), with the clock passed in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, FreshnessPolicy, RunsFilter
+
+from shopflow_assets.alerts import late_message, recovered_message, run_url
+from shopflow_assets.resources.landing import SUCCESS_MARKER, LandingZone
+from shopflow_assets.run_window import days_of_run_tags
+from shopflow_assets.settings import get_settings
+
+DEADLINE = dt.time(8, 0)
+FACT_SALES = AssetKey("fact_sales")
+RAW_ORDERS = AssetKey(["raw", "orders"])
+REMEMBERED_DAYS = 31
+
+# The UI's view of the promise: materialized between 00:00 and the 08:00 deadline, every day.
+DAILY_BY_0800 = FreshnessPolicy.cron(
+    deadline_cron=f"{DEADLINE.minute} {DEADLINE.hour} * * *",
+    lower_bound_delta=dt.timedelta(hours=DEADLINE.hour),
+    timezone=get_settings().sla_timezone,
+)
+
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def due_day(now: dt.datetime, timezone: str) -> tuple[dt.date, dt.datetime]:
+    """The partition due by the deadline of `now`'s local day, and that deadline."""
+    local = now.astimezone(zoneinfo.ZoneInfo(timezone))
+    deadline = dt.datetime.combine(local.date(), DEADLINE, tzinfo=zoneinfo.ZoneInfo(timezone))
+    return local.date() - dt.timedelta(days=1), deadline
+
+
+def materialized_at(instance: DagsterInstance, key: AssetKey, day: dt.date) -> dt.datetime | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]), limit=1
+    ).records
+    return dt.datetime.fromtimestamp(records[0].timestamp, dt.timezone.utc) if records else None
+
+
+def _runs_for(instance: DagsterInstance, day: dt.date, statuses: list[DagsterRunStatus], limit: int = 50):
+    runs = instance.get_runs(filters=RunsFilter(statuses=statuses), limit=limit)
+    return [r for r in runs if day in days_of_run_tags(r.tags)]
+
+
+def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, ui_url: str) -> str:
+    """What stands between `day`'s export and its fact_sales, in words a person can act on."""
+    running = _runs_for(instance, day, IN_PROGRESS)
+    if running:
+        return f"still running: {run_url(ui_url, running[0].run_id)} ({running[0].status.value})"
+    failed = _runs_for(instance, day, [DagsterRunStatus.FAILURE], limit=20)
+    if materialized_at(instance, RAW_ORDERS, day) is None:
+        marker = landing.day_dir(day) / SUCCESS_MARKER
+        if not marker.exists():
+            return f"export not landed: {marker} does not exist yet"
+        if failed:
+            return f"ingest failed: {run_url(ui_url, failed[0].run_id)}"
+        return "export landed but raw/orders has not been ingested (is the export sensor running?)"
+    if failed:
+        return f"raw/orders is loaded, the dbt build failed: {run_url(ui_url, failed[0].run_id)}"
+    return "raw/orders is loaded but fact_sales has not been built (is the daemon running?)"
+
+
+@dataclass
+class LatenessState:
+    """The sensor's cursor: days alerted as late, and days whose recovery was announced."""
+
+    late: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+    def trimmed(self) -> "LatenessState":
+        return LatenessState(self.late[-REMEMBERED_DAYS:], self.recovered[-REMEMBERED_DAYS:])
+
+
+def evaluate_lateness(
+    instance: DagsterInstance,
+    landing: LandingZone,
+    now: dt.datetime,
+    state: LatenessState,
+    *,
+    timezone: str,
+    ui_url: str,
+    start_date: dt.date,
+) -> tuple[list[str], LatenessState]:
+    """Messages to send at `now`, and the new state. At most one LATE per day, ever."""
+    messages: list[str] = []
+    day, deadline = due_day(now, timezone)
+    if now >= deadline and day >= start_date and str(day) not in state.late:
+        if materialized_at(instance, FACT_SALES, day) is None:
+            reason = why_missing(instance, landing, day, ui_url)
+            messages.append(late_message(day=day, deadline=deadline, reason=reason, ui_url=ui_url))
+            state.late.append(str(day))
+    for late_day in [d for d in state.late if d not in state.recovered]:
+        built = materialized_at(instance, FACT_SALES, dt.date.fromisoformat(late_day))
+        if built is not None:
+            messages.append(recovered_message(day=dt.date.fromisoformat(late_day), materialized_at=built, ui_url=ui_url))
+            state.recovered.append(late_day)
+    return messages, state.trimmed()

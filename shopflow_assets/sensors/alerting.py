@@ -1,0 +1,145 @@
+"""BROKE and LATE alerts. They run in the daemon, outside the runs, so a Slack outage can never fail
+or block a run; each tick's delivery is bounded by the Slack resource's retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+from dagster import (
+    AssetCheckSeverity,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    EventRecordsFilter,
+    RunFailureSensorContext,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from shopflow_assets.alerts import StepFailure, broke_message, check_failed_message
+from shopflow_assets.freshness import LatenessState, evaluate_lateness
+from shopflow_assets.resources.landing import LandingZone
+from shopflow_assets.resources.slack import ShopflowSlack
+from shopflow_assets.run_window import days_of_run_tags
+from shopflow_assets.settings import get_settings
+
+
+def failed_checks_of_run(instance: DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    failed = []
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
+            failed.append(f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
+    return failed
+
+
+def broke_message_for(context: RunFailureSensorContext) -> str:
+    run = context.dagster_run
+    failures = [
+        StepFailure(step=e.step_key or "?", error=e.step_failure_data.error.message if e.step_failure_data.error else "")
+        for e in context.get_step_failure_events()
+    ]
+    if not failures:  # the run failed outside a step (run worker lost, say)
+        failures = [StepFailure(step="(run)", error=context.failure_event.message or "run failed")]
+    assets = sorted(k.to_user_string() for k in (run.asset_selection or []))
+    return broke_message(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        assets=assets,
+        days=days_of_run_tags(run.tags),
+        failures=failures,
+        failed_checks=failed_checks_of_run(context.instance, run.run_id),
+        ui_url=get_settings().ui_url,
+    )
+
+
+# monitor_all_code_locations: without it, runs launched by `dagster asset materialize` are unseen.
+@run_failure_sensor(
+    name="shopflow_broke_alert",
+    monitor_all_code_locations=True,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="BROKE alert on Slack for every run that failed after its retries.",
+)
+def broke_alert_sensor(context: RunFailureSensorContext, slack: ShopflowSlack) -> None:
+    slack.post(broke_message_for(context), log=context.log)
+
+
+@sensor(
+    name="shopflow_failed_check_alert",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "BROKE alert for a failed blocking (error-severity) dbt test in a run that still succeeded; "
+        "a run that failed is covered by shopflow_broke_alert."
+    ),
+)
+def failed_check_alert_sensor(context: SensorEvaluationContext, slack: ShopflowSlack):
+    after = int(context.cursor) if context.cursor else None
+    if after is None:  # first tick: start from now, don't replay history
+        latest = context.instance.get_event_records(
+            EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION), limit=1
+        )
+        context.update_cursor(str(latest[0].storage_id if latest else 0))
+        return SkipReason("started watching dbt test results")
+    records = context.instance.get_event_records(
+        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
+        limit=200,
+        ascending=True,
+    )
+    cursor = after
+    for record in records:
+        run = context.instance.get_run_by_id(record.run_id)
+        if run is None or not run.is_finished:
+            break  # judge it once its run has finished
+        cursor = record.storage_id
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if evaluation.passed or evaluation.severity != AssetCheckSeverity.ERROR:
+            continue
+        if run.status == DagsterRunStatus.FAILURE:
+            continue  # the BROKE alert of the failed run names this test
+        slack.post(
+            check_failed_message(
+                asset=evaluation.asset_key.to_user_string(),
+                check=evaluation.check_name,
+                days=days_of_run_tags(run.tags),
+                description=str((evaluation.metadata or {}).get("message", "")),
+                run_id=run.run_id,
+                ui_url=get_settings().ui_url,
+            ),
+            log=context.log,
+        )
+    context.update_cursor(str(cursor))
+
+
+@sensor(
+    name="shopflow_lateness_alert",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="LATE alert once per day when yesterday's fact_sales is not materialized by 08:00 "
+    "(SHOPFLOW_SLA_TIMEZONE); RECOVERED when it lands afterwards.",
+)
+def lateness_sensor(context: SensorEvaluationContext, slack: ShopflowSlack, landing: LandingZone):
+    state = LatenessState(**json.loads(context.cursor)) if context.cursor else LatenessState()
+    settings = get_settings()
+    messages, state = evaluate_lateness(
+        context.instance,
+        landing,
+        dt.datetime.now(dt.timezone.utc),
+        state,
+        timezone=settings.sla_timezone,
+        ui_url=settings.ui_url,
+        start_date=settings.start_date,
+    )
+    for message in messages:
+        slack.post(message, log=context.log)
+    context.update_cursor(json.dumps(dataclasses.asdict(state)))
+    if not messages:
+        return SkipReason("nothing late")

@@ -1,0 +1,294 @@
+"""Bad days: retries, failure semantics, BROKE and LATE alerts, Slack delivery (a local HTTP server
+stands in for Slack's Web API; runs, instance and sensors are Dagster's own)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import time
+
+import duckdb
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    build_run_status_sensor_context,
+    materialize,
+)
+from dagster_dbt import DbtCliResource
+
+from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.freshness import LatenessState, evaluate_lateness
+from shopflow_assets.orders_loader import REQUIRED_COLUMNS
+from shopflow_assets.resources import LandingZone
+from shopflow_assets.sensors.alerting import broke_alert_sensor
+from shopflow_assets.settings import get_settings
+
+from .conftest import (
+    ALL_ASSETS,
+    DAILY_REVENUE,
+    FACT_SALES,
+    REPO_ROOT,
+    SLACK_TOKEN,
+    csv_text,
+    failure_messages,
+    line,
+    query,
+)
+
+DAY = "2024-03-01"
+UI = get_settings().ui_url
+
+
+def events_of(result, kind: str):
+    return [e for e in result.all_events if e.event_type_value == kind]
+
+
+def alert_for_failed_run(instance: DagsterInstance, run_id: str, slack) -> None:
+    """Evaluate the BROKE sensor on a run's real failure event, as the daemon would."""
+    run = instance.get_run_by_id(run_id)
+    (record,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    context = build_run_status_sensor_context(
+        sensor_name="shopflow_broke_alert",
+        dagster_event=record.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources={"slack": slack},
+    ).for_run_failure()
+    broke_alert_sensor(context)
+
+
+def test_permanent_failure_runs_once_and_sends_one_actionable_broke_message(
+    run, landing, instance, slack, slack_server
+):
+    columns = [c for c in REQUIRED_COLUMNS if c != "discount"]
+    landing.export(DAY, {"part-7.csv": csv_text([line("A")], columns)})
+
+    result = run(DAY)
+
+    assert not result.success
+    assert events_of(result, "STEP_UP_FOR_RETRY") == []  # permanent: not retried
+    assert len(events_of(result, "STEP_START")) == 1
+    alert_for_failed_run(instance, result.run_id, slack)
+
+    (message,) = slack_server.delivered
+    assert message.startswith(":red_circle: BROKE: daily_revenue, fact_sales, raw/orders for 2024-03-01 failed")
+    assert "• Day: 2024-03-01" in message
+    assert "• Step: raw__orders" in message
+    assert (
+        "• Error: dt=2024-03-01/part-7.csv line 1 (header): missing required column 'discount'"
+        in message
+    )
+    assert f"• Run: {UI}/runs/{result.run_id}" in message
+    assert (
+        "• Re-run: dagster asset materialize -m shopflow_assets.definitions "
+        "--select 'daily_revenue,fact_sales,raw/orders' --partition 2024-03-01" in message
+    )
+    assert "Traceback" not in message and 'File "' not in message and len(message) < 3000
+    (request,) = slack_server.requests
+    assert request.path == "/api/chat.postMessage" and request.body["channel"] == "#shopflow-alerts"
+    assert request.authorization == f"Bearer {SLACK_TOKEN}"
+    # the token is in no event of the instance
+    for record in instance.get_records_for_run(result.run_id).records:
+        assert SLACK_TOKEN not in str(record.event_log_entry)
+
+
+def test_failed_day_blocks_its_downstream_only(run, landing, warehouse_path):
+    landing.export("2024-03-02", {"a.csv": csv_text([line("OK", day="2024-03-02")])})
+    assert run("2024-03-02").success
+    columns = [c for c in REQUIRED_COLUMNS if c != "status"]
+    landing.export(DAY, {"a.csv": csv_text([line("A")], columns)})
+
+    result = run(DAY)
+
+    assert not result.success
+    assert {e.step_key for e in events_of(result, "STEP_SKIPPED")} == {"shopflow_dbt_models"}
+    assert result.get_asset_materialization_events() == []
+    assert query(warehouse_path, "SELECT DISTINCT dt FROM analytics.fact_sales") == [(dt.date(2024, 3, 2),)]
+    # the other day still builds
+    assert run("2024-03-02").success
+
+
+HOLD_LOCK = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_transient_fault_is_retried_with_growing_delays_and_loads_once(
+    run, landing, warehouse_path, instance, slack, slack_server
+):
+    landing.export(DAY, {"a.csv": csv_text([line("A"), line("B")])})
+    warehouse_path.parent.mkdir(parents=True)
+    # A real transient fault: another process holds the DuckDB file for 9 s.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(warehouse_path), "9"], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+
+    started = time.monotonic()
+    result = run(DAY, selection="raw/orders")
+    holder.wait()
+
+    assert result.success, failure_messages(result)
+    retries = events_of(result, "STEP_UP_FOR_RETRY")
+    delays = [e.event_specific_data.seconds_to_wait for e in retries]
+    # attempt k waits (2^k - 1) x 2 s +/- 2 s: after one retry at most 4 s had passed, so >= 2
+    assert len(retries) >= 2, delays
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+    assert "is locked by another process" in str(retries[0].event_specific_data.error.message)
+    assert time.monotonic() - started >= 9
+    assert query(warehouse_path, "SELECT order_id, count(*) FROM raw.orders GROUP BY 1 ORDER BY 1") == [
+        ("A", 1),
+        ("B", 1),
+    ]
+    assert len(result.get_asset_materialization_events()) == 1
+    # a run that succeeded after transient faults sends nothing
+    assert instance.get_records_for_run(result.run_id, of_type=DagsterEventType.RUN_FAILURE).records == []
+    assert slack_server.requests == []
+
+
+def test_failed_dbt_test_is_a_broke_alert_and_stops_the_rollup(run, landing, warehouse_path, instance, slack, slack_server):
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(DAY, selection="raw/orders").success
+    # A row that the ingest would have rejected gets into raw.orders behind its back.
+    with duckdb.connect(str(warehouse_path)) as con:
+        con.execute(
+            "INSERT INTO raw.orders SELECT * REPLACE ('Z' AS order_id, 0 AS quantity) FROM raw.orders"
+        )
+
+    result = run(DAY, selection=["fact_sales", "daily_revenue"])
+
+    assert not result.success
+    assert events_of(result, "STEP_UP_FOR_RETRY") == []  # a failed test is permanent
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.asset_key, e.check_name) for e in failed] == [
+        (FACT_SALES, "expression_is_true_fact_sales_quantity__quantity_1")
+    ]
+    assert DAILY_REVENUE not in {e.asset_key for e in result.get_asset_materialization_events()}
+    alert_for_failed_run(instance, result.run_id, slack)
+    (message,) = slack_server.delivered
+    assert "BROKE" in message and "• Day: 2024-03-01" in message and "• Step: shopflow_dbt_models" in message
+    assert "• Failed dbt tests: fact_sales:expression_is_true_fact_sales_quantity__quantity_1" in message
+    assert "expression_is_true_fact_sales_quantity__quantity_1 fail" in message  # the one-line error
+
+
+def test_dbt_compilation_error_is_permanent(landing, resources, instance, tmp_path):
+    project = tmp_path / "shopflow_dbt"
+    shutil.copytree(REPO_ROOT / "shopflow_dbt", project, ignore=shutil.ignore_patterns("target", "logs"))
+    (project / "models" / "marts" / "fact_sales.sql").write_text("select * from {{ ref('no_such_model') }}")
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    resources = dict(resources, dbt=DbtCliResource(project_dir=str(project), dbt_executable=dbt_executable()))
+
+    result = materialize(
+        ALL_ASSETS, partition_key=DAY, resources=resources, instance=instance, raise_on_error=False
+    )
+
+    assert not result.success
+    assert events_of(result, "STEP_UP_FOR_RETRY") == []
+    message = failure_messages(result)
+    assert "dbt build failed for 2024-03-01..2024-03-01" in message
+    assert "no_such_model" in message or "Compilation Error" in message
+
+
+def test_slack_500_then_429_then_delivered_once(landing, run, instance, slack, slack_server):
+    landing.export(DAY, {"a.csv": csv_text([line("A")], ["order_id"])})
+    result = run(DAY, selection="raw/orders")
+    assert not result.success
+    slack_server.fail_next((500, {}), (429, {"Retry-After": "1"}))
+
+    started = time.monotonic()
+    alert_for_failed_run(instance, result.run_id, slack)
+
+    assert len(slack_server.requests) == 3
+    assert len(slack_server.delivered) == 1 and "BROKE" in slack_server.delivered[0]
+    assert time.monotonic() - started >= 1  # Retry-After was honoured
+
+
+def test_slack_down_never_raises_and_gives_up_within_bounds(slack, slack_server, caplog):
+    slack_server.fail_next(*[(503, {})] * 10)
+    started = time.monotonic()
+    assert slack.post("hello") is False
+    assert len(slack_server.requests) == 4  # one try + max_retries
+    assert time.monotonic() - started < 30
+    assert SLACK_TOKEN not in caplog.text
+
+
+def test_no_token_means_logged_not_sent(slack_server, caplog):
+    from shopflow_assets.resources.slack import ShopflowSlack
+
+    unsent = ShopflowSlack(token="", api_url=slack_server.api_url)
+    with caplog.at_level("INFO", logger="shopflow.alerts"):
+        assert unsent.post("the alert text") is False
+    assert slack_server.requests == []
+    assert "the alert text" in caplog.text and "SLACK_BOT_TOKEN unset" in caplog.text
+
+
+def utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+def lateness(instance, landing, now: str, state: LatenessState, timezone: str = "UTC"):
+    return evaluate_lateness(
+        instance,
+        LandingZone(root=str(landing.root)),
+        utc(now),
+        state,
+        timezone=timezone,
+        ui_url=UI,
+        start_date=dt.date(2024, 1, 1),
+    )
+
+
+def test_late_at_0801_once_then_recovered(run, landing, instance):
+    state = LatenessState()
+    messages, state = lateness(instance, landing, "2024-03-02T07:59:00", state)
+    assert messages == []
+
+    messages, state = lateness(instance, landing, "2024-03-02T08:01:00", state)
+    (late,) = messages
+    assert late.startswith(":alarm_clock: LATE: fact_sales for 2024-03-01 is not ready (due 2024-03-02 08:00 UTC)")
+    assert "• Due since: 2024-03-02T08:00+00:00" in late
+    assert f"• Why: export not landed: {landing.day_dir(DAY)}/_SUCCESS does not exist yet" in late
+    assert f"• Asset: {UI}/assets/fact_sales?view=partitions&partition=2024-03-01" in late
+    assert "--select 'raw/orders*' --partition 2024-03-01" in late
+
+    # never twice for the same day
+    assert lateness(instance, landing, "2024-03-02T09:00:00", state)[0] == []
+
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(DAY).success
+    messages, state = lateness(instance, landing, "2024-03-02T09:30:00", state)
+    (recovered,) = messages
+    assert recovered.startswith(":large_green_circle: RECOVERED: fact_sales for 2024-03-01")
+    assert lateness(instance, landing, "2024-03-02T10:00:00", state)[0] == []
+
+
+def test_built_before_the_deadline_is_not_late(run, landing, instance):
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(DAY).success  # built "at 07:59": before the evaluation at 08:01
+    state = LatenessState()
+    assert lateness(instance, landing, "2024-03-02T07:59:00", state)[0] == []
+    assert lateness(instance, landing, "2024-03-02T08:01:00", state)[0] == []
+
+
+def test_late_says_the_ingest_failed_and_follows_the_sla_timezone(run, landing, instance):
+    landing.export(DAY, {"a.csv": csv_text([line("A")], ["order_id"])})
+    failed = run(DAY, selection="raw/orders")
+    assert not failed.success
+    # 08:00 in Berlin is 07:00 UTC in March
+    assert lateness(instance, landing, "2024-03-02T06:59:00", LatenessState(), "Europe/Berlin")[0] == []
+    (late,), _ = lateness(instance, landing, "2024-03-02T07:01:00", LatenessState(), "Europe/Berlin")
+    assert f"• Why: ingest failed: {UI}/runs/{failed.run_id}" in late
+    assert "(due 2024-03-02 08:00 CET)" in late
+
+
+def test_late_says_when_the_models_are_missing(run, landing, instance):
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(DAY, selection="raw/orders").success
+    (late,), _ = lateness(instance, landing, "2024-03-02T08:01:00", LatenessState())
+    assert "• Why: raw/orders is loaded but fact_sales has not been built" in late
+
