@@ -75,22 +75,6 @@ def broke_message(
     return "\n".join(lines)
 
 
-def check_failed_message(
-    *, asset: str, check: str, days: Sequence[dt.date], description: str, run_id: str, ui_url: str
-) -> str:
-    return "\n".join(
-        [
-            f":red_circle: BROKE: dbt test {check} on {asset} failed for {days_label(days)}",
-            f"• What: {asset}, blocking check {check}",
-            f"• Day: {days_label(days)}",
-            f"• Step: dbt build (run {run_id[:8]})",
-            f"• Error: {one_line(description or 'the test returned failing rows')}",
-            f"• Run: {run_url(ui_url, run_id)}",
-            f"• Re-run: {rerun_command(asset, list(days))}" if days else "",
-        ]
-    ).strip()
-
-
 def late_message(*, day: dt.date, deadline: dt.datetime, reason: str, ui_url: str) -> str:
     return "\n".join(
         [

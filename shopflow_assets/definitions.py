@@ -8,14 +8,14 @@ from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
-from shopflow_assets.sensors import broke_alert_sensor, failed_check_alert_sensor, lateness_sensor
+from shopflow_assets.sensors import broke_alert_sensor, lateness_sensor
 from shopflow_assets.settings import get_settings
 
 settings = get_settings()
 
 defs = Definitions(
     assets=[raw_orders, shopflow_dbt_models],
-    sensors=[broke_alert_sensor, failed_check_alert_sensor, lateness_sensor],
+    sensors=[broke_alert_sensor, lateness_sensor],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),
         "warehouse": DuckDBWarehouse(path=str(settings.warehouse)),

@@ -9,16 +9,19 @@ import subprocess
 import sys
 import time
 
+import json
+
 import duckdb
+import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    Failure,
     build_run_status_sensor_context,
-    materialize,
 )
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.assets.dbt import classify_dbt_failure, dbt_executable
 from shopflow_assets.freshness import LatenessState, evaluate_lateness
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.resources import LandingZone
@@ -26,7 +29,6 @@ from shopflow_assets.sensors.alerting import broke_alert_sensor
 from shopflow_assets.settings import get_settings
 
 from .conftest import (
-    ALL_ASSETS,
     DAILY_REVENUE,
     FACT_SALES,
     REPO_ROOT,
@@ -103,7 +105,7 @@ def test_failed_day_blocks_its_downstream_only(run, landing, warehouse_path):
     result = run(DAY)
 
     assert not result.success
-    assert {e.step_key for e in events_of(result, "STEP_SKIPPED")} == {"shopflow_dbt_models"}
+    assert {e.step_key for e in events_of(result, "STEP_START")} == {"raw__orders"}  # dbt never ran
     assert result.get_asset_materialization_events() == []
     assert query(warehouse_path, "SELECT DISTINCT dt FROM analytics.fact_sales") == [(dt.date(2024, 3, 2),)]
     # the other day still builds
@@ -139,7 +141,7 @@ def test_transient_fault_is_retried_with_growing_delays_and_loads_once(
     # attempt k waits (2^k - 1) x 2 s +/- 2 s: after one retry at most 4 s had passed, so >= 2
     assert len(retries) >= 2, delays
     assert delays == sorted(delays) and delays[-1] > delays[0]
-    assert "is locked by another process" in str(retries[0].event_specific_data.error.message)
+    assert "WarehouseLockedError" in retries[0].event_specific_data.error.to_string()
     assert time.monotonic() - started >= 9
     assert query(warehouse_path, "SELECT order_id, count(*) FROM raw.orders GROUP BY 1 ORDER BY 1") == [
         ("A", 1),
@@ -176,22 +178,28 @@ def test_failed_dbt_test_is_a_broke_alert_and_stops_the_rollup(run, landing, war
     assert "expression_is_true_fact_sales_quantity__quantity_1 fail" in message  # the one-line error
 
 
-def test_dbt_compilation_error_is_permanent(landing, resources, instance, tmp_path):
+def test_dbt_compilation_error_is_permanent(tmp_path):
+    # a real dbt compilation error, in a copy of the project with a broken ref
     project = tmp_path / "shopflow_dbt"
     shutil.copytree(REPO_ROOT / "shopflow_dbt", project, ignore=shutil.ignore_patterns("target", "logs"))
     (project / "models" / "marts" / "fact_sales.sql").write_text("select * from {{ ref('no_such_model') }}")
-    landing.export(DAY, {"a.csv": csv_text([line("A")])})
-    resources = dict(resources, dbt=DbtCliResource(project_dir=str(project), dbt_executable=dbt_executable()))
-
-    result = materialize(
-        ALL_ASSETS, partition_key=DAY, resources=resources, instance=instance, raise_on_error=False
+    invocation = DbtCliResource(project_dir=str(project), dbt_executable=dbt_executable()).cli(
+        ["build", "--vars", json.dumps({"warehouse_path": str(tmp_path / "w.duckdb")})],
+        target_path=tmp_path / "target",
     )
+    with pytest.raises(Exception) as raised:
+        invocation.wait()
 
-    assert not result.success
-    assert events_of(result, "STEP_UP_FOR_RETRY") == []
-    message = failure_messages(result)
-    assert "dbt build failed for 2024-03-01..2024-03-01" in message
-    assert "no_such_model" in message or "Compilation Error" in message
+    failure = classify_dbt_failure(raised.value, invocation, [dt.date(2024, 3, 1)])
+
+    assert isinstance(failure, Failure) and failure.allow_retries is False
+    assert failure.description.startswith("dbt build failed for 2024-03-01..2024-03-01:")
+    assert "no_such_model" in failure.description
+
+
+def test_dbt_lock_error_is_transient(tmp_path):
+    lock_error = Exception("IO Error: Could not set lock on file x.duckdb: Conflicting lock is held")
+    assert classify_dbt_failure(lock_error, None, [dt.date(2024, 3, 1)]) is lock_error
 
 
 def test_slack_500_then_429_then_delivered_once(landing, run, instance, slack, slack_server):

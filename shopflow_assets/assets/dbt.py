@@ -92,32 +92,46 @@ def shopflow_dbt_models(
     try:
         yield from invocation.stream()
     except DagsterDbtCliRuntimeError as error:
-        problems = failed_nodes(invocation) or [str(error).strip().splitlines()[0]]
-        if any(marker in str(error) + " ".join(problems) for marker in TRANSIENT_DBT_ERRORS):
-            raise  # retried with backoff
-        days = days_of(context.partition_time_window)
-        raise Failure(
-            description=(
-                f"dbt build failed for {days[0]}..{days[-1]}: {'; '.join(problems)}. "
-                f"Fix the model or the data, then re-run: {rerun_command('fact_sales,daily_revenue', days)}"
-            ),
-            allow_retries=False,
-        ) from None
+        raise classify_dbt_failure(error, invocation, days_of(context.partition_time_window)) from None
     finally:
         prune_invocation_targets(runs_dir)
 
 
+def classify_dbt_failure(error: Exception, invocation, days: list) -> Exception:
+    """The error to raise for a failed dbt invocation: itself when transient (retried with
+    backoff), else a Failure that is not retried and names the failing nodes."""
+    problems = failed_nodes(invocation) or _error_lines(error)
+    if any(marker in str(error) + " ".join(problems) for marker in TRANSIENT_DBT_ERRORS):
+        return error
+    return Failure(
+        description=(
+            f"dbt build failed for {days[0]}..{days[-1]}: {'; '.join(problems)}. "
+            f"Fix the model or the data, then re-run: {rerun_command('fact_sales,daily_revenue', days)}"
+        ),
+        allow_retries=False,
+    )
+
+
 def failed_nodes(invocation) -> list[str]:
-    """`node: message` for each dbt model or test that errored or failed, from run_results.json."""
+    """`node status: message` for each dbt model or test that errored or failed (run_results.json)."""
     try:
         results = invocation.get_artifact("run_results.json")["results"]
     except Exception:  # no run_results: dbt failed before running anything
         return []
     return [
-        f"{r['unique_id'].split('.')[-1]} {r['status']}: {' '.join(str(r.get('message') or '').split())}"
+        # unique_id: <resource type>.<package>.<name>[.<hash>]
+        f"{r['unique_id'].split('.')[2]} {r['status']}: {' '.join(str(r.get('message') or '').split())}"
         for r in results
         if r.get("status") in ("error", "fail")
     ]
+
+
+def _error_lines(error: Exception) -> list[str]:
+    """What dbt itself reported, without dagster-dbt's boilerplate, as one line."""
+    text = str(error)
+    reported = text.split("Errors parsed from dbt logs:", 1)[-1]
+    lines = [l.strip() for l in reported.splitlines() if l.strip() and l.strip() != "Encountered an error:"]
+    return [" ".join(lines)[:500]] if lines else [text.strip().splitlines()[0]]
 
 
 def prune_invocation_targets(runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS) -> None:

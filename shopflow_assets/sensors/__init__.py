@@ -1,5 +1,5 @@
 """Sensors: alerts on failure (BROKE), on lateness (LATE), and the triggers of the pipeline."""
 
-from shopflow_assets.sensors.alerting import broke_alert_sensor, failed_check_alert_sensor, lateness_sensor
+from shopflow_assets.sensors.alerting import broke_alert_sensor, lateness_sensor
 
-__all__ = ["broke_alert_sensor", "failed_check_alert_sensor", "lateness_sensor"]
+__all__ = ["broke_alert_sensor", "lateness_sensor"]

@@ -1,4 +1,7 @@
-"""BROKE and LATE alerts. They run in the daemon, outside the runs, so a Slack outage can never fail
+"""BROKE and LATE alerts.
+
+A failed dbt test fails its run: dbt build exits non-zero and the step raises a Failure naming the
+tests, so the BROKE alert of the run covers failed blocking checks too (and lists them). They run in the daemon, outside the runs, so a Slack outage can never fail
 or block a run; each tick's delivery is bounded by the Slack resource's retries."""
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ from dagster import (
     AssetCheckSeverity,
     DagsterEventType,
     DagsterInstance,
-    DagsterRunStatus,
     DefaultSensorStatus,
-    EventRecordsFilter,
     RunFailureSensorContext,
     SensorEvaluationContext,
     SkipReason,
@@ -21,7 +22,7 @@ from dagster import (
     sensor,
 )
 
-from shopflow_assets.alerts import StepFailure, broke_message, check_failed_message
+from shopflow_assets.alerts import StepFailure, broke_message
 from shopflow_assets.freshness import LatenessState, evaluate_lateness
 from shopflow_assets.resources.landing import LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
@@ -41,6 +42,16 @@ def failed_checks_of_run(instance: DagsterInstance, run_id: str) -> list[str]:
     return failed
 
 
+def assets_of_run(instance: DagsterInstance, run) -> set:
+    """The assets a run set out to materialize (its selection, or its planned materializations)."""
+    if run.asset_selection:
+        return set(run.asset_selection)
+    planned = instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    ).records
+    return {r.event_log_entry.dagster_event.asset_key for r in planned}
+
+
 def broke_message_for(context: RunFailureSensorContext) -> str:
     run = context.dagster_run
     failures = [
@@ -49,7 +60,7 @@ def broke_message_for(context: RunFailureSensorContext) -> str:
     ]
     if not failures:  # the run failed outside a step (run worker lost, say)
         failures = [StepFailure(step="(run)", error=context.failure_event.message or "run failed")]
-    assets = sorted(k.to_user_string() for k in (run.asset_selection or []))
+    assets = sorted(k.to_user_string() for k in assets_of_run(context.instance, run))
     return broke_message(
         run_id=run.run_id,
         job_name=run.job_name,
@@ -70,53 +81,6 @@ def broke_message_for(context: RunFailureSensorContext) -> str:
 )
 def broke_alert_sensor(context: RunFailureSensorContext, slack: ShopflowSlack) -> None:
     slack.post(broke_message_for(context), log=context.log)
-
-
-@sensor(
-    name="shopflow_failed_check_alert",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    description=(
-        "BROKE alert for a failed blocking (error-severity) dbt test in a run that still succeeded; "
-        "a run that failed is covered by shopflow_broke_alert."
-    ),
-)
-def failed_check_alert_sensor(context: SensorEvaluationContext, slack: ShopflowSlack):
-    after = int(context.cursor) if context.cursor else None
-    if after is None:  # first tick: start from now, don't replay history
-        latest = context.instance.get_event_records(
-            EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION), limit=1
-        )
-        context.update_cursor(str(latest[0].storage_id if latest else 0))
-        return SkipReason("started watching dbt test results")
-    records = context.instance.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
-        limit=200,
-        ascending=True,
-    )
-    cursor = after
-    for record in records:
-        run = context.instance.get_run_by_id(record.run_id)
-        if run is None or not run.is_finished:
-            break  # judge it once its run has finished
-        cursor = record.storage_id
-        evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if evaluation.passed or evaluation.severity != AssetCheckSeverity.ERROR:
-            continue
-        if run.status == DagsterRunStatus.FAILURE:
-            continue  # the BROKE alert of the failed run names this test
-        slack.post(
-            check_failed_message(
-                asset=evaluation.asset_key.to_user_string(),
-                check=evaluation.check_name,
-                days=days_of_run_tags(run.tags),
-                description=str((evaluation.metadata or {}).get("message", "")),
-                run_id=run.run_id,
-                ui_url=get_settings().ui_url,
-            ),
-            log=context.log,
-        )
-    context.update_cursor(str(cursor))
 
 
 @sensor(
