@@ -1,8 +1,8 @@
-"""BROKE and LATE alerts.
+"""BROKE and LATE alerts. They run in the daemon, outside the runs, so a Slack outage can never fail
+or block a run; each tick's delivery is bounded by the Slack resource's retries.
 
 A failed dbt test fails its run: dbt build exits non-zero and the step raises a Failure naming the
-tests, so the BROKE alert of the run covers failed blocking checks too (and lists them). They run in the daemon, outside the runs, so a Slack outage can never fail
-or block a run; each tick's delivery is bounded by the Slack resource's retries."""
+tests, so the BROKE alert of that run covers failed blocking checks too, and lists them."""
 
 from __future__ import annotations
 
