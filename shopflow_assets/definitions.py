@@ -8,14 +8,29 @@ from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
-from shopflow_assets.sensors import broke_alert_sensor, lateness_sensor
+from shopflow_assets.schedules import daily_0200_schedule, shopflow_daily_job
+from shopflow_assets.sensors import (
+    automation_sensor,
+    broke_alert_sensor,
+    export_landed_sensor,
+    fact_sales_ready_sensor,
+    lateness_sensor,
+)
 from shopflow_assets.settings import get_settings
 
 settings = get_settings()
 
 defs = Definitions(
     assets=[raw_orders, shopflow_dbt_models],
-    sensors=[broke_alert_sensor, lateness_sensor],
+    jobs=[shopflow_daily_job],
+    schedules=[daily_0200_schedule],
+    sensors=[
+        export_landed_sensor,
+        automation_sensor,
+        fact_sales_ready_sensor,
+        broke_alert_sensor,
+        lateness_sensor,
+    ],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),
         "warehouse": DuckDBWarehouse(path=str(settings.warehouse)),

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from dagster import AssetExecutionContext, BackfillPolicy, Failure
+from decimal import Decimal
+
+from dagster import AssetExecutionContext, BackfillPolicy, Failure, MetadataValue, Output
 from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
@@ -17,6 +19,7 @@ from dagster_dbt import (
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.assets.ingest import WAREHOUSE_POOL
+from shopflow_assets.automation import ANY_DAY_EAGER
 from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project
@@ -45,6 +48,10 @@ class ShopflowDbtTranslator(DagsterDbtTranslator):
             spec = spec.replace_attributes(freshness_policy=DAILY_BY_0800)
         return spec
 
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]):
+        # every dbt model builds when its upstream day updates (see automation.py)
+        return ANY_DAY_EAGER
+
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "revenue"
 
@@ -58,10 +65,9 @@ def dbt_executable() -> str:
 def partition_vars(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -> dict[str, str]:
     # A backfill of a range is one run, where context.partition_key raises: use the time window.
     days = days_of(context.partition_time_window)
-    window = context.partition_time_window
     return {
         "min_date": days[0].isoformat(),
-        "max_date": window.end.date().isoformat(),
+        "max_date": context.partition_time_window.end.date().isoformat(),
         "warehouse_path": warehouse.path,
     }
 
@@ -89,12 +95,47 @@ def shopflow_dbt_models(
         context=context,
         target_path=runs_dir / context.run_id,
     )
+    days = days_of(context.partition_time_window)
+    events = []
     try:
-        yield from invocation.stream()
+        # Held back until dbt has exited: then the warehouse is free to count what it built.
+        events.extend(invocation.stream())
     except DagsterDbtCliRuntimeError as error:
-        raise classify_dbt_failure(error, invocation, days_of(context.partition_time_window)) from None
+        yield from events  # what did build is recorded all the same
+        raise classify_dbt_failure(error, invocation, days) from None
     finally:
         prune_invocation_targets(runs_dir)
+    stats = built_stats(warehouse, days)
+    for event in events:
+        if isinstance(event, Output) and event.output_name in stats:
+            event = event.with_metadata({**event.metadata, **stats[event.output_name]})
+        yield event
+
+
+def built_stats(warehouse: DuckDBWarehouse, days: list) -> dict[str, dict[str, Any]]:
+    """Row counts and net revenue of the window just built, per day, as materialization metadata."""
+    window = [days[0], days[-1]]
+    with warehouse.connect(read_only=True) as con:
+        facts = con.execute(
+            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.fact_sales "
+            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            window,
+        ).fetchall()
+        (rollup_rows,) = con.execute(
+            "SELECT count(*) FROM analytics.daily_revenue WHERE dt BETWEEN ? AND ?", window
+        ).fetchall()[0]
+    rows_by_day = {str(d): 0 for d in days} | {str(d): n for d, n, _ in facts}
+    net_by_day = {str(d): "0.00" for d in days} | {str(d): f"{net:.2f}" for d, _, net in facts}
+    net_total = sum((net for _, _, net in facts), Decimal("0"))
+    return {
+        "fact_sales": {
+            "dagster/row_count": sum(rows_by_day.values()),
+            "net_revenue": float(net_total),
+            "rows_by_day": MetadataValue.json(rows_by_day),
+            "net_revenue_by_day": MetadataValue.json(net_by_day),
+        },
+        "daily_revenue": {"dagster/row_count": rollup_rows, "net_revenue": float(net_total)},
+    }
 
 
 def classify_dbt_failure(error: Exception, invocation, days: list) -> Exception:

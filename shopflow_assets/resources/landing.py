@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -41,6 +44,29 @@ class LandingZone(ConfigurableResource):
 
     def day_dir(self, day: dt.date) -> Path:
         return self.orders_dir / f"dt={day.isoformat()}"
+
+    def finished_export_fingerprints(self) -> Iterator[tuple[str, str]]:
+        """(day, fingerprint) of every finished export: one directory listing per day, no reads.
+
+        The fingerprint covers each export file's name, size and mtime and the `_SUCCESS` marker's
+        mtime, so a re-export (new or changed files, a new `_SUCCESS`) changes it.
+        """
+        try:
+            days = [e for e in os.scandir(self.orders_dir) if e.name.startswith("dt=") and e.is_dir()]
+        except FileNotFoundError:
+            return
+        for day_dir in sorted(days, key=lambda e: e.name):
+            try:
+                entries = {e.name: e.stat() for e in os.scandir(day_dir.path) if e.is_file()}
+            except FileNotFoundError:  # removed while scanning
+                continue
+            marker = entries.get(SUCCESS_MARKER)
+            if marker is None:
+                continue  # still being written
+            digest = hashlib.sha256(f"{SUCCESS_MARKER}:{marker.st_mtime_ns}".encode())
+            for name in sorted(n for n in entries if is_export_file(n)):
+                digest.update(f"|{name}:{entries[name].st_size}:{entries[name].st_mtime_ns}".encode())
+            yield day_dir.name[len("dt=") :], digest.hexdigest()[:16]
 
     def finished_export(self, day: dt.date) -> DayExport:
         """The files of `day`'s export, or ExportNotReady while it is still being written."""

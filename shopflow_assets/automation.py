@@ -1,0 +1,17 @@
+"""Data-aware automation of the dbt assets.
+
+`AutomationCondition.eager()` only looks at the newest daily partition, so a re-export of last week
+would not rebuild last week. This is eager() without `in_latest_time_window()`: any day whose
+upstream partition was updated (or that is newly missing), never while an upstream partition is
+missing or in progress, and never twice at once. A failed upstream run updates nothing, so it
+triggers nothing.
+"""
+
+from dagster import AutomationCondition
+
+ANY_DAY_EAGER = (
+    (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~AutomationCondition.any_deps_missing()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("eager, any day")

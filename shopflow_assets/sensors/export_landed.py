@@ -1,0 +1,61 @@
+"""The export sensor: D's `_SUCCESS` appears (or D is re-exported) -> materialize raw/orders for D.
+
+The cursor maps each day to the fingerprint of its finished export, so a day is never skipped for
+clock or mtime order, and a re-export with new content is noticed, while an untouched day is not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from shopflow_assets.assets.ingest import RAW_ORDERS
+from shopflow_assets.partitions import daily_partitions
+from shopflow_assets.resources.landing import LandingZone
+from shopflow_assets.settings import get_settings
+
+
+def is_partition(day: str, now: dt.datetime) -> bool:
+    try:
+        date = dt.date.fromisoformat(day)
+    except ValueError:
+        return False
+    last = daily_partitions.get_last_partition_key(current_time=now)
+    return daily_partitions.start.date() <= date and last is not None and day <= last
+
+
+@sensor(
+    name="shopflow_export_landed",
+    target=[RAW_ORDERS],
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests raw/orders for day D when D's export finishes landing (its _SUCCESS "
+    "appears) or D is re-exported with new content.",
+)
+def export_landed_sensor(context: SensorEvaluationContext, landing: LandingZone):
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    now = dt.datetime.now(dt.timezone.utc)
+    requests = []
+    for day, fingerprint in landing.finished_export_fingerprints():
+        if seen.get(day) == fingerprint:
+            continue
+        seen[day] = fingerprint
+        if not is_partition(day, now):
+            context.log.warning(f"Ignoring export dt={day}: not a partition of raw/orders (yet)")
+            continue
+        requests.append(
+            RunRequest(run_key=f"{day}:{fingerprint}", partition_key=day, asset_selection=[RAW_ORDERS])
+        )
+    cursor = json.dumps(seen, sort_keys=True, separators=(",", ":"))
+    if not requests:
+        return SensorResult(skip_reason=SkipReason("no new or changed export"), cursor=cursor)
+    return SensorResult(run_requests=requests, cursor=cursor)
