@@ -25,12 +25,13 @@ from shopflow_assets.settings import get_settings
 
 
 def is_partition(day: str, now: dt.datetime) -> bool:
+    """A key of the daily partitions: from the start date to the last complete UTC day."""
     try:
         date = dt.date.fromisoformat(day)
     except ValueError:
         return False
-    last = daily_partitions.get_last_partition_key(current_time=now)
-    return daily_partitions.start.date() <= date and last is not None and day <= last
+    last_complete_day = now.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
+    return daily_partitions.start.date() <= date <= last_complete_day
 
 
 @sensor(

@@ -1,0 +1,165 @@
+"""End to end with nobody at the keyboard: a throwaway Postgres cluster as instance storage, a real
+`dagster-daemon` on the repository's dagster.yaml and workspace.yaml, and a stand-in Slack server.
+An export lands; the export sensor, the automation sensor and the READY sensor do the rest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from .conftest import REPO_ROOT, SLACK_TOKEN, csv_text, line, query
+from .postgres_cluster import start_cluster
+
+BIN = Path(sys.executable).parent
+KEYS = {
+    "raw/orders": AssetKey(["raw", "orders"]),
+    "fact_sales": AssetKey("fact_sales"),
+    "daily_revenue": AssetKey("daily_revenue"),
+}
+SENSOR_INTERVAL = 3
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # a fresh database per test, so that counts start at zero
+    database = f"dagster_{tmp_path.name[-20:].lower().replace('-', '_')}"
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "dagster", "-d", "dagster", "-c", f'CREATE DATABASE "{database}"'],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))},
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": f"postgresql://dagster@127.0.0.1:{postgres.port}/{database}",
+        "SHOPFLOW_LANDING_DIR": str(landing.root),
+        "SHOPFLOW_WAREHOUSE": str(warehouse_path),
+        "SLACK_BOT_TOKEN": SLACK_TOKEN,
+        "SHOPFLOW_SLACK_API_URL": slack_server.api_url,
+        "SHOPFLOW_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL),
+    }
+    for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
+        monkeypatch.setenv(key, env[key])
+    log = open(tmp_path / "daemon.log", "w")
+    process = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    with DagsterInstance.get() as instance:
+        yield instance
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+def materializations(instance: DagsterInstance, day: str) -> dict[str, int]:
+    return {
+        name: len(
+            instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=100).records
+        )
+        for name, key in KEYS.items()
+    }
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}; daemon log tail:\n{log.read_text()[-4000:]}")
+
+
+def quiet_for(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_an_export_flows_to_daily_revenue_exactly_once(daemon, landing, warehouse_path, slack_server, tmp_path):
+    instance, log, day = daemon, tmp_path / "daemon.log", "2024-03-01"
+    rows = [line("A", quantity=2, unit_price="10.00", discount="1.00"), line("B", status="cancelled")]
+    landing.write(day, "part-0.csv", csv_text(rows))
+    landing.finish(day)
+    landed = time.monotonic()
+
+    wait_for(lambda: materializations(instance, day)["daily_revenue"] >= 1, 240, "daily_revenue", log)
+    print(f"\n_SUCCESS -> daily_revenue materialized: {time.monotonic() - landed:.1f} s")
+    wait_for(lambda: len(slack_server.delivered) >= 1, 60, "the READY message", log)
+    quiet_for(3 * SENSOR_INTERVAL)
+
+    assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
+    assert query(warehouse_path, "SELECT dt, orders, order_lines, units, net_revenue FROM analytics.daily_revenue") == [
+        (dt.date(2024, 3, 1), 1, 1, 2, Decimal("19.00"))
+    ]
+    (ready,) = slack_server.delivered
+    assert ready.startswith(":white_check_mark: READY: fact_sales for 2024-03-01 landed")
+    assert "• Rows: 1" in ready and "• Net revenue: 19.00" in ready
+
+    # a re-export with changed content: exactly one more of each
+    landing.write(day, "part-1.csv", csv_text([line("C", quantity=3)]))
+    (landing.day_dir(day) / "_SUCCESS").unlink()
+    landing.finish(day)
+    wait_for(lambda: materializations(instance, day)["daily_revenue"] >= 2, 240, "the rebuild", log)
+    quiet_for(3 * SENSOR_INTERVAL)
+    assert materializations(instance, day) == {"raw/orders": 2, "fact_sales": 2, "daily_revenue": 2}
+    assert query(warehouse_path, "SELECT order_lines FROM analytics.daily_revenue") == [(2,)]
+
+    # touching nothing gives nothing; an export without _SUCCESS gives nothing
+    landing.write("2024-03-02", "part-0.csv", csv_text([line("D", day="2024-03-02")]))
+    quiet_for(4 * SENSOR_INTERVAL)
+    assert materializations(instance, day) == {"raw/orders": 2, "fact_sales": 2, "daily_revenue": 2}
+    assert materializations(instance, "2024-03-02") == {"raw/orders": 0, "fact_sales": 0, "daily_revenue": 0}
+    assert len(slack_server.delivered) == 2
+    assert instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE])) == []
+
+
+def test_two_days_landing_at_once_are_both_built_without_lock_failures(daemon, landing, warehouse_path, slack_server, tmp_path):
+    instance, log = daemon, tmp_path / "daemon.log"
+    days = ["2024-03-04", "2024-03-05"]
+    for day in days:
+        landing.write(day, "part-0.csv", csv_text([line(f"O-{day}", day=day, quantity=4)]))
+    for day in days:
+        landing.finish(day)
+
+    for day in days:
+        wait_for(lambda d=day: materializations(instance, d)["daily_revenue"] >= 1, 300, f"daily_revenue {day}", log)
+    quiet_for(3 * SENSOR_INTERVAL)
+
+    for day in days:
+        assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
+    assert instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE])) == []
+    assert "Conflicting lock" not in log.read_text()
+    assert query(warehouse_path, "SELECT count(*), sum(units) FROM analytics.daily_revenue") == [(2, 8)]
+    wait_for(lambda: len(slack_server.delivered) >= 2, 60, "two READY messages", log)
+    assert sorted(m.splitlines()[0] for m in slack_server.delivered) == [
+        ":white_check_mark: READY: fact_sales for 2024-03-04 landed",
+        ":white_check_mark: READY: fact_sales for 2024-03-05 landed",
+    ]

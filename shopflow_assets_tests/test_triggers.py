@@ -1,0 +1,115 @@
+"""The export sensor, the READY sensor and the schedule, evaluated against real files and a real
+instance (Dagster's own sensor contexts); the daemon runs them in test_daemon_e2e.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+from dagster import build_schedule_context, build_sensor_context
+
+from shopflow_assets.resources import LandingZone
+from shopflow_assets.schedules import daily_0200_schedule
+from shopflow_assets.sensors.export_landed import export_landed_sensor
+from shopflow_assets.sensors.fact_sales_ready import fact_sales_ready_sensor
+
+from .conftest import csv_text, line
+
+
+def tick(landing, cursor=None):
+    context = build_sensor_context(cursor=cursor, resources={"landing": LandingZone(root=str(landing.root))})
+    result = export_landed_sensor(context)
+    return [(r.partition_key, r.asset_selection[0].to_user_string()) for r in result.run_requests or []], result.cursor
+
+
+def test_export_sensor_requests_each_finished_day_once_and_re_exports_again(landing):
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
+    landing.write("2024-03-02", "a.csv", csv_text([line("B", day="2024-03-02")]))  # still being written
+
+    requests, cursor = tick(landing)
+    assert requests == [("2024-03-01", "raw/orders")]
+    assert tick(landing, cursor)[0] == []  # touching nothing gives nothing
+
+    landing.finish("2024-03-02")
+    requests, cursor = tick(landing, cursor)
+    assert requests == [("2024-03-02", "raw/orders")]
+
+    # re-export of 03-01 with a changed file (same size, same name: only content and mtime differ)
+    path = landing.day_dir("2024-03-01") / "a.csv"
+    path.write_text(csv_text([line("Z")]))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    requests, cursor = tick(landing, cursor)
+    assert requests == [("2024-03-01", "raw/orders")]
+    assert tick(landing, cursor)[0] == []
+
+
+def test_export_sensor_never_skips_an_older_day_landing_late(landing):
+    landing.export("2024-03-05", {"a.csv": csv_text([line("A", day="2024-03-05")])})
+    _, cursor = tick(landing)
+    # an older day lands afterwards, with an older mtime than anything seen so far
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
+    old = dt.datetime(2020, 1, 1).timestamp()
+    for p in landing.day_dir("2024-03-01").iterdir():
+        os.utime(p, (old, old))
+    assert tick(landing, cursor)[0] == [("2024-03-01", "raw/orders")]
+
+
+def test_export_sensor_ignores_days_that_are_not_partitions(landing):
+    landing.export("2019-12-31", {"a.csv": csv_text([line("A", day="2019-12-31")])})  # before start
+    landing.export("not-a-day", {"a.csv": "x"})
+    future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    landing.export(future, {"a.csv": "x"})
+    requests, cursor = tick(landing)
+    assert requests == []
+    assert set(json.loads(cursor)) == {"2019-12-31", "not-a-day", future}
+
+
+def test_export_sensor_tick_is_fast_with_years_of_days(landing):
+    import time
+
+    yesterday = dt.date.today() - dt.timedelta(days=1)
+    day = yesterday - dt.timedelta(days=3 * 365 - 1)
+    for i in range(3 * 365):
+        directory = landing.day_dir((day + dt.timedelta(days=i)).isoformat())
+        directory.mkdir(parents=True)
+        for n in range(4):
+            (directory / f"part-{n}.csv.gz").write_bytes(b"x")
+        (directory / "_SUCCESS").touch()
+    started = time.monotonic()
+    requests, cursor = tick(landing)
+    first = time.monotonic() - started
+    started = time.monotonic()
+    assert tick(landing, cursor)[0] == []
+    again = time.monotonic() - started
+    assert len(requests) == (yesterday - max(day, dt.date(2024, 1, 1))).days + 1
+    print(f"\nexport sensor over {3 * 365} days: first tick {first:.2f} s, next tick {again:.2f} s")
+    assert again < 30  # Dagster's sensor time limit is 60 s
+
+
+def test_schedule_requests_yesterday_in_the_sla_timezone():
+    context = build_schedule_context(scheduled_execution_time=dt.datetime(2024, 3, 2, 2, 0, tzinfo=dt.timezone.utc))
+    request = daily_0200_schedule(context)
+    assert request.partition_key == "2024-03-01"
+    assert daily_0200_schedule.default_status.value == "STOPPED"
+    assert daily_0200_schedule.cron_schedule == "0 2 * * *"
+
+
+def test_ready_sensor_sends_one_message_per_materialization(run, landing, instance, slack, slack_server):
+    for day in ("2024-03-01", "2024-03-02"):
+        landing.export(day, {"a.csv": csv_text([line("A", day=day, quantity=3, unit_price="2.50")])})
+        assert run(day).success  # two days built between two ticks
+
+    context = build_sensor_context(instance=instance, resources={"slack": slack})
+    tick_result = fact_sales_ready_sensor.evaluate_tick(context)
+
+    assert sorted(m.splitlines()[0] for m in slack_server.delivered) == [
+        ":white_check_mark: READY: fact_sales for 2024-03-01 landed",
+        ":white_check_mark: READY: fact_sales for 2024-03-02 landed",
+    ]
+    assert all("• Rows: 1" in m and "• Net revenue: 7.50" in m for m in slack_server.delivered)
+    # nothing new: nothing sent
+    fact_sales_ready_sensor.evaluate_tick(
+        build_sensor_context(instance=instance, cursor=tick_result.cursor, resources={"slack": slack})
+    )
+    assert len(slack_server.delivered) == 2
