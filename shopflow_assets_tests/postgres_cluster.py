@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
         raise RuntimeError(f"{name} not found: install Debian's postgresql package (.ci/run does)")
@@ -41,7 +41,7 @@ class PostgresCluster:
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(
-            _as_postgres_user([_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), *args]),
+            _as_postgres_user([pg_bin("pg_ctl"), "-D", str(self.directory / "data"), *args]),
             check=True,
             capture_output=True,
         )
@@ -61,14 +61,14 @@ def start_cluster() -> PostgresCluster:
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres")
     subprocess.run(
-        _as_postgres_user([_pg_bin("initdb"), "-D", str(directory / "data"), "-A", "trust", "-U", "dagster"]),
+        _as_postgres_user([pg_bin("initdb"), "-D", str(directory / "data"), "-A", "trust", "-U", "dagster"]),
         check=True,
         capture_output=True,
     )
     cluster = PostgresCluster(directory, _free_port())
     cluster.start()
     subprocess.run(
-        _as_postgres_user([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "dagster", "dagster"]),
+        _as_postgres_user([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "dagster", "dagster"]),
         check=True,
         capture_output=True,
     )
