@@ -12,8 +12,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import duckdb
-import pytest
+import os
+
+# Short retry delays for the suite (the default base is 2 s); set before shopflow_assets is imported.
+os.environ.setdefault("SHOPFLOW_RETRY_DELAY_SECONDS", "0.5")
+
+import duckdb  # noqa: E402
+import pytest  # noqa: E402
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 from dagster_dbt import DbtCliResource
 
@@ -164,9 +169,9 @@ def money(value: str | Decimal) -> Decimal:
 
 
 def failure_messages(result: ExecuteInProcessResult) -> str:
-    return "\n".join(
-        str(e.step_failure_data.error.message) for e in result.all_events if e.is_step_failure
-    )
+    from shopflow_assets.sensors.alerting import step_error_text
+
+    return "\n".join(step_error_text(e.step_failure_data) for e in result.all_events if e.is_step_failure)
 
 
 def day_of(value: str) -> dt.date:

@@ -125,9 +125,9 @@ def test_transient_fault_is_retried_with_growing_delays_and_loads_once(
 ):
     landing.export(DAY, {"a.csv": csv_text([line("A"), line("B")])})
     warehouse_path.parent.mkdir(parents=True)
-    # A real transient fault: another process holds the DuckDB file for 9 s.
+    # A real transient fault: another process holds the DuckDB file for 4 s.
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(warehouse_path), "9"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(warehouse_path), "4"], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout.readline().strip() == "locked"
 
@@ -138,11 +138,13 @@ def test_transient_fault_is_retried_with_growing_delays_and_loads_once(
     assert result.success, failure_messages(result)
     retries = events_of(result, "STEP_UP_FOR_RETRY")
     delays = [e.event_specific_data.seconds_to_wait for e in retries]
-    # attempt k waits (2^k - 1) x 2 s +/- 2 s: after one retry at most 4 s had passed, so >= 2
+    # attempt k waits (2^k - 1) x b +/- b (b = 0.5 s in the suite): one retry waits at most 1 s,
+    # so a 4 s lock takes at least two; four wait at least 11 s in all, so the day loads in time
+    assert get_settings().retry_delay_seconds == 0.5
     assert len(retries) >= 2, delays
     assert delays == sorted(delays) and delays[-1] > delays[0]
     assert "WarehouseLockedError" in retries[0].event_specific_data.error.to_string()
-    assert time.monotonic() - started >= 9
+    assert time.monotonic() - started >= 4
     assert query(warehouse_path, "SELECT order_id, count(*) FROM raw.orders GROUP BY 1 ORDER BY 1") == [
         ("A", 1),
         ("B", 1),
@@ -200,6 +202,15 @@ def test_dbt_compilation_error_is_permanent(tmp_path):
 def test_dbt_lock_error_is_transient(tmp_path):
     lock_error = Exception("IO Error: Could not set lock on file x.duckdb: Conflicting lock is held")
     assert classify_dbt_failure(lock_error, None, [dt.date(2024, 3, 1)]) is lock_error
+
+
+def test_the_alert_names_the_error_under_exhausted_retries(run, landing, instance, slack, slack_server):
+    landing.write(DAY, "a.csv", csv_text([line("A")]))  # _SUCCESS never comes: retried, then failed
+    result = run(DAY, selection="raw/orders")
+    assert not result.success and len(events_of(result, "STEP_UP_FOR_RETRY")) == 4
+    alert_for_failed_run(instance, result.run_id, slack)
+    (message,) = slack_server.delivered
+    assert f"• Error: The export of 2024-03-01 has not finished: {landing.day_dir(DAY)}/_SUCCESS is missing." in message
 
 
 def test_slack_500_then_429_then_delivered_once(landing, run, instance, slack, slack_server):

@@ -42,6 +42,17 @@ def failed_checks_of_run(instance: DagsterInstance, run_id: str) -> list[str]:
     return failed
 
 
+def step_error_text(failure) -> str:
+    """What went wrong in a step: a Failure's own description, else the error under the retries
+    (after the last retry the step's error reads only "Exceeded max_retries")."""
+    if failure.user_failure_data and failure.user_failure_data.description:
+        return failure.user_failure_data.description
+    error = failure.error
+    while error is not None and error.cls_name == "RetryRequestedFromPolicy" and error.cause:
+        error = error.cause
+    return error.message if error is not None else ""
+
+
 def assets_of_run(instance: DagsterInstance, run) -> set:
     """The assets a run set out to materialize (its selection, or its planned materializations)."""
     if run.asset_selection:
@@ -55,7 +66,7 @@ def assets_of_run(instance: DagsterInstance, run) -> set:
 def broke_message_for(context: RunFailureSensorContext) -> str:
     run = context.dagster_run
     failures = [
-        StepFailure(step=e.step_key or "?", error=e.step_failure_data.error.message if e.step_failure_data.error else "")
+        StepFailure(step=e.step_key or "?", error=step_error_text(e.step_failure_data))
         for e in context.get_step_failure_events()
     ]
     if not failures:  # the run failed outside a step (run worker lost, say)
