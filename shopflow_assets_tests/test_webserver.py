@@ -1,5 +1,6 @@
-"""The Dagster UI's server, started against the repository's workspace.yaml: it shows the asset
-graph and, once the daemon's freshness evaluation has run, fact_sales's freshness state."""
+"""The Dagster UI, started against the repository's workspace.yaml (webserver + daemon): the asset
+graph and fact_sales's freshness state through its GraphQL API, and a person's path through it in
+Debian's Chromium driven by Playwright. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,77 @@ def test_ui_shows_the_graph_and_the_freshness_of_fact_sales(ui, landing):
                                     for n in d["assetNodes"] if n["freshnessStatusInfo"]), 120)
     states = {"/".join(n["assetKey"]["path"]): (n["freshnessStatusInfo"] or {}).get("freshnessStatus") for n in data["assetNodes"]}
     assert states == {"fact_sales": "HEALTHY", "daily_revenue": "HEALTHY", "raw/orders": None}
+
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+# Debian's Chromium (browsers cannot be downloaded here); the flags keep it off the network.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+RUNS_QUERY = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+
+
+def dismiss_welcome(page) -> None:
+    """The UI greets a new browser with a 'Join the Dagster community' dialog."""
+    try:
+        page.get_by_role("button", name="Skip").click(timeout=5000)
+    except Exception:
+        pass
+
+
+def test_a_person_materializes_a_day_from_the_ui(ui, landing):
+    from playwright.sync_api import expect, sync_playwright
+
+    port, _ = ui
+    base = f"http://127.0.0.1:{port}"
+    day = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)).isoformat()
+    rows = [line(f"UI-{n}", day=day, quantity=n + 1) for n in range(3)] + [line("UI-bad", day=day, status="lost")]
+    landing.export(day, {"a.csv": csv_text(rows)})
+    poll(port, lambda d: len(d["assetNodes"]) == 3, 90)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+
+        # the graph: raw/orders -> fact_sales -> daily_revenue
+        page.goto(f"{base}/assets/daily_revenue?view=lineage&lineageScope=upstream&lineageDepth=3")
+        dismiss_welcome(page)
+        for name in ("orders", "fact_sales", "daily_revenue"):
+            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "ui-asset-graph.png")
+
+        # one day, launched from the asset page
+        page.goto(f"{base}/assets/raw/orders")
+        dismiss_welcome(page)
+        page.get_by_role("button", name="Materialize…").click()
+        page.locator("input[placeholder*='partition' i]").first.fill(day)
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Launch 1 run").click()
+
+        def run_of_day(data):
+            runs = data["runsOrError"]["results"]
+            return [r for r in runs if {"key": "dagster/partition", "value": day} in r["tags"]]
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            runs = run_of_day(graphql(port, RUNS_QUERY))
+            if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            time.sleep(1)
+        assert runs and runs[0]["status"] == "SUCCESS", runs
+        page.goto(f"{base}/runs/{runs[0]['runId']}")
+        expect(page.get_by_text("Success").first).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "ui-run-success.png")
+
+        # the row-count metadata on the asset page
+        page.goto(f"{base}/assets/raw/orders")
+        expect(page.get_by_text("rows_loaded", exact=True).first).to_be_visible()
+        expect(page.get_by_text("rows_rejected", exact=True).first).to_be_visible()
+        row = page.locator("tr", has=page.get_by_text("rows_loaded", exact=True)).first
+        expect(row).to_contain_text("3")
+        page.screenshot(path=ARTIFACTS / "ui-asset-metadata.png", full_page=True)
+        browser.close()
