@@ -5,6 +5,7 @@ from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.cli_errors import install_cli_error_hook
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
@@ -19,6 +20,7 @@ from shopflow_assets.sensors import (
 from shopflow_assets.settings import get_settings
 
 settings = get_settings()
+install_cli_error_hook()
 
 defs = Definitions(
     assets=[raw_orders, shopflow_dbt_models],

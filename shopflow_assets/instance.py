@@ -9,6 +9,7 @@ the instance's serialized settings (so the password stays out of process argumen
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping
 
 import yaml
@@ -44,7 +45,28 @@ class ShopflowPostgresStorage(DagsterPostgresStorage):
                 f"{PG_URL_VARIABLE} is not set in this process, but the instance was created with "
                 "Postgres storage: set it to the same postgresql://user:pass@host:port/db."
             )
+        check_reachable(url)
         return cls(postgres_url=psycopg2_url(url), inst_data=inst_data)
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def check_reachable(url: str, timeout_seconds: int = 5) -> None:
+    """Fail in one line, naming the fix, when Postgres does not answer (dagster-postgres would
+    retry for a while and then print a long stack trace)."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=timeout_seconds).close()
+    except psycopg2.OperationalError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise SystemExit(
+            f"shopflow_daily: {PG_URL_VARIABLE}={masked(url)} is unreachable ({reason}). Start that "
+            f"Postgres or fix the URL, or unset {PG_URL_VARIABLE} to use Dagster's embedded storage."
+        ) from None
 
 
 class ShopflowInstance(DagsterInstance):

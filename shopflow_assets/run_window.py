@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import TimeWindow
+from dagster import Failure, TimeWindow
 
 
 def days_of(window: TimeWindow) -> list[dt.date]:
     """The UTC days of a partition time window (one for a single partition, more for a backfill)."""
     first, end = window.start.date(), window.end.date()
-    return [first + dt.timedelta(days=i) for i in range((end - first).days)]
+    days = [first + dt.timedelta(days=i) for i in range((end - first).days)]
+    if not days:
+        # a range whose last day comes before its first: a mistake to fix, not to retry
+        raise Failure(
+            description=f"The partition range {first}...{end - dt.timedelta(days=1)} holds no day: "
+            "give it as --partition-range FIRST...LAST with FIRST <= LAST.",
+            allow_retries=False,
+        )
+    return days
 
 
 def rerun_command(selection: str, days: list[dt.date]) -> str:

@@ -108,5 +108,12 @@ def _parse_timezone(value: str) -> str:
 
 @functools.cache
 def get_settings() -> Settings:
-    """The settings of this process, read from the environment on first use."""
-    return Settings.from_env()
+    """The settings of this process, read from the environment on first use.
+
+    A bad value stops the process with one line that names the variable and the fix: nothing can
+    run with it, and a stack trace would only hide the message.
+    """
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise SystemExit(f"shopflow_daily: {error}") from None

@@ -16,7 +16,7 @@ from dagster import (
 from shopflow_assets.orders_loader import BadExportError, load_days
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
-from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone
+from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import days_of, rerun_command
 
 RAW_ORDERS = AssetKey(["raw", "orders"])
@@ -49,6 +49,8 @@ def raw_orders(
         exports = [landing.finished_export(day) for day in days]
     except ExportNotReady as not_ready:  # transient: retried, the export may still land
         raise Failure(description=str(not_ready), allow_retries=True) from None
+    except LandingZoneMissing as missing:  # a setting to fix: retrying cannot help
+        raise Failure(description=str(missing), allow_retries=False) from None
     context.log.info(
         f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
         f"{sum(len(e.files) for e in exports)} file(s)"

@@ -20,6 +20,10 @@ class ExportNotReady(Exception):
     """The day's export has not finished landing (no `_SUCCESS` yet): try again later."""
 
 
+class LandingZoneMissing(Exception):
+    """SHOPFLOW_LANDING_DIR points nowhere: a setting to fix, not a fault to retry."""
+
+
 @dataclass(frozen=True)
 class DayExport:
     """A finished export of one day: its files, sorted by name."""
@@ -71,9 +75,9 @@ class LandingZone(ConfigurableResource):
     def finished_export(self, day: dt.date) -> DayExport:
         """The files of `day`'s export, or ExportNotReady while it is still being written."""
         if not Path(self.root).is_dir():
-            raise ExportNotReady(
-                f"The landing zone {self.root} does not exist: create it or point "
-                "SHOPFLOW_LANDING_DIR at the export landing zone."
+            raise LandingZoneMissing(
+                f"The landing zone {self.root} does not exist: point SHOPFLOW_LANDING_DIR at the "
+                "export landing zone (or create it)."
             )
         directory = self.day_dir(day)
         if not (directory / SUCCESS_MARKER).is_file():
