@@ -14,9 +14,10 @@ validates and publishes the rows. The flow for a set of days:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 
@@ -35,6 +36,7 @@ REQUIRED_COLUMNS = (
     "updated_at",
 )
 STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
+MALFORMED_ROW = "malformed CSV row"  # the reason of a line that is not valid CSV
 
 # read_csv caps a line at 2 MB by default; a long free-text field must not fail the day.
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -220,11 +222,11 @@ DROP TABLE IF EXISTS _shopflow_csv_scans;
 # Records get their physical line: DuckDB numbers rejected records by line (not counting quoted
 # newlines) and accepted ones not at all. Accepted records fill, in order, the record slots that
 # rejected ones leave free; each record then moves down by the newlines inside the records before it.
-_LINES_SQL = """
+_LINES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_parse_rejects AS
 SELECT f.file_idx,
        e.line AS slot,
-       'malformed CSV row: ' || string_agg(DISTINCT lower(e.error_type), ', ')
+       '{MALFORMED_ROW}: ' || string_agg(DISTINCT lower(e.error_type), ', ')
            || coalesce(' (from column ' || arg_min(e.column_name, e.column_idx) || ')', '') AS reason,
        ltrim(first(e.csv_line ORDER BY e.byte_position), chr(13) || chr(10)) AS raw_line
 FROM _shopflow_csv_errors e
@@ -271,7 +273,33 @@ def _typed(column: str, pattern: str, sql_type: str) -> str:
     return f"CASE WHEN regexp_full_match(trim({column}), '{pattern}') THEN TRY_CAST(trim({column}) AS {sql_type}) END"
 
 
-# Every broken rule of DESIGN.md "The export" is named; a row breaking several lists them all.
+# The rules of DESIGN.md "The export", column by column: (condition, reason); the first condition
+# that holds names the column's problem. A row breaking several rules lists them all.
+RULES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("t_order_id IS NULL", "order_id is empty"),),
+    (("t_line_number IS NULL", "line_number is not an integer"), ("t_line_number < 1", "line_number is below 1")),
+    (("t_customer_id IS NULL", "customer_id is empty"),),
+    (("t_product_id IS NULL", "product_id is empty"),),
+    (("t_quantity IS NULL", "quantity is not an integer"), ("t_quantity < 1", "quantity is below 1")),
+    (("t_unit_price IS NULL", "unit_price is not a decimal(18,2)"), ("t_unit_price < 0", "unit_price is negative")),
+    (
+        ("t_discount IS NULL", "discount is not a decimal(18,2)"),
+        ("t_discount < 0", "discount is negative"),
+        ("t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price", "discount exceeds quantity x unit_price"),
+    ),
+    ((f"status IS NULL OR status NOT IN {STATUSES!r}", f"status is not one of {', '.join(STATUSES)}"),),
+    (
+        ("t_ordered_at IS NULL", "ordered_at is not an ISO-8601 timestamp with offset"),
+        ("CAST(timezone('UTC', t_ordered_at) AS DATE) <> dt", "ordered_at is not on the export day (UTC)"),
+    ),
+    (("t_updated_at IS NULL", "updated_at is not an ISO-8601 timestamp with offset"),),
+)
+REJECT_REASONS = tuple(reason for checks in RULES for _, reason in checks) + (MALFORMED_ROW,)
+_RULES_SQL = ",\n".join(
+    "        CASE " + " ".join(f"WHEN {condition} THEN '{reason}'" for condition, reason in checks) + " END"
+    for checks in RULES
+)
+
 _CHECK_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_checked AS
 WITH typed AS (
@@ -291,22 +319,7 @@ WITH typed AS (
 )
 SELECT *,
     concat_ws('; ',
-        CASE WHEN t_order_id IS NULL THEN 'order_id is empty' END,
-        CASE WHEN t_line_number IS NULL THEN 'line_number is not an integer'
-             WHEN t_line_number < 1 THEN 'line_number is below 1' END,
-        CASE WHEN t_customer_id IS NULL THEN 'customer_id is empty' END,
-        CASE WHEN t_product_id IS NULL THEN 'product_id is empty' END,
-        CASE WHEN t_quantity IS NULL THEN 'quantity is not an integer'
-             WHEN t_quantity < 1 THEN 'quantity is below 1' END,
-        CASE WHEN t_unit_price IS NULL THEN 'unit_price is not a decimal(18,2)'
-             WHEN t_unit_price < 0 THEN 'unit_price is negative' END,
-        CASE WHEN t_discount IS NULL THEN 'discount is not a decimal(18,2)'
-             WHEN t_discount < 0 THEN 'discount is negative'
-             WHEN t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price THEN 'discount exceeds quantity x unit_price' END,
-        CASE WHEN status IS NULL OR status NOT IN {STATUSES!r} THEN 'status is not one of {", ".join(STATUSES)}' END,
-        CASE WHEN t_ordered_at IS NULL THEN 'ordered_at is not an ISO-8601 timestamp with offset'
-             WHEN CAST(timezone('UTC', t_ordered_at) AS DATE) <> dt THEN 'ordered_at is not on the export day (UTC)' END,
-        CASE WHEN t_updated_at IS NULL THEN 'updated_at is not an ISO-8601 timestamp with offset' END
+{_RULES_SQL}
     ) AS reason
 FROM typed;
 """
@@ -338,6 +351,7 @@ def load_days(
     exports: Sequence[DayExport],
     run_id: str,
     loaded_at: dt.datetime,
+    progress: Callable[[str], None] | None = None,
 ) -> LoadSummary:
     """Replace `raw.orders` and `raw.orders_rejected` for the exports' days, in one transaction.
 
@@ -352,7 +366,9 @@ def load_days(
     con.execute("CREATE OR REPLACE TEMP TABLE _shopflow_files_days (dt DATE)")
     con.executemany("INSERT INTO _shopflow_files_days VALUES (?)", [[e.day] for e in exports])
     file_idx = 0
-    for export in exports:
+    started = time.monotonic()
+    for done, export in enumerate(exports, start=1):
+        first_file = file_idx + 1
         for path in export.files:
             file_idx += 1
             con.execute(
@@ -363,6 +379,16 @@ def load_days(
             _stage_file(con, file_idx, path, header, columns)
             summary.files += 1
             summary.bytes += path.stat().st_size
+        if progress and len(exports) > 1:
+            (rows,) = con.execute(
+                "SELECT count(*) FROM _shopflow_stage WHERE file_idx >= ?", [first_file]
+            ).fetchall()[0]
+            elapsed = time.monotonic() - started
+            left = elapsed / done * (len(exports) - done)
+            progress(
+                f"read {export.day}: day {done}/{len(exports)}, {len(export.files)} files, "
+                f"{rows} rows; {elapsed:.0f} s so far, about {left:.0f} s left to read"
+            )
     _ensure_reject_tables(con)
     con.execute(_LINES_SQL)
     con.execute(_CHECK_SQL)
@@ -389,10 +415,10 @@ def load_days(
     summary.rows_loaded = sum(summary.rows_by_day.values())
     summary.rejected_by_reason = dict(
         con.execute(
-            """
+            f"""
             SELECT rule, count(*)
             FROM raw.orders_rejected,
-                 unnest(CASE WHEN reason LIKE 'malformed CSV row%' THEN ['malformed CSV row']
+                 unnest(CASE WHEN reason LIKE '{MALFORMED_ROW}%' THEN ['{MALFORMED_ROW}']
                              ELSE string_split(reason, '; ') END) AS u(rule)
             WHERE dt IN (SELECT dt FROM _shopflow_files_days)
             GROUP BY rule ORDER BY rule

@@ -266,3 +266,46 @@ def test_line_numbers_count_quoted_newlines(run, landing, warehouse_path, crlf):
     # A spans lines 2-4, B is line 5 (rejected), C line 6
     assert raw_rows(warehouse_path) == [("A", 1, "a.csv", 2), ("C", 1, "a.csv", 6)]
     assert [(f, n) for f, n, _, _ in rejected(warehouse_path)] == [("a.csv", 5)]
+
+
+def test_a_range_is_one_run_that_logs_its_progress(landing, resources, instance, warehouse_path):
+    from dagster import materialize
+
+    from .conftest import ALL_ASSETS
+
+    days = ["2024-03-01", "2024-03-02", "2024-03-03"]
+    for n, day in enumerate(days):
+        landing.export(day, {"a.csv": csv_text([line(f"O{i}", day=day) for i in range(n + 1)])})
+
+    result = materialize(
+        ALL_ASSETS,
+        selection=RAW,
+        resources=resources,
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+    )
+
+    assert result.success
+    messages = [e.user_message for e in instance.all_logs(result.run_id) if not e.is_dagster_event]
+    progress = [m for m in messages if m.startswith("read 2024-03-0")]
+    assert [m.split(";")[0] for m in progress] == [
+        "read 2024-03-01: day 1/3, 1 files, 1 rows",
+        "read 2024-03-02: day 2/3, 1 files, 2 rows",
+        "read 2024-03-03: day 3/3, 1 files, 3 rows",
+    ]
+    assert all("s left to read" in m for m in progress)
+    assert query(warehouse_path, "SELECT dt, count(*) FROM raw.orders GROUP BY dt ORDER BY dt") == [
+        (day_of(d), n + 1) for n, d in enumerate(days)
+    ]
+
+
+def test_rejections_per_rule_are_numbers_the_ui_can_plot(run, landing):
+    from shopflow_assets.orders_loader import REJECT_REASONS
+
+    landing.export(DAY, {"a.csv": csv_text([line("A"), line("B", quantity="0"), line("C", status="x", quantity="0")])})
+    result = ingest(run)
+    metadata = result.asset_materializations_for_node("raw__orders")[0].metadata
+    numbers = {k[len("rejected: "):]: v.value for k, v in metadata.items() if k.startswith("rejected: ")}
+    assert set(numbers) == set(REJECT_REASONS)
+    assert numbers["quantity is below 1"] == 2 and numbers["status is not one of placed, shipped, delivered, cancelled, refunded"] == 1
+    assert sum(numbers.values()) == 3

@@ -10,16 +10,36 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableSchema,
     asset,
 )
 
-from shopflow_assets.orders_loader import BadExportError, load_days
+from shopflow_assets.orders_loader import REJECT_REASONS, BadExportError, load_days
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
 from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import days_of, rerun_command
 
 RAW_ORDERS = AssetKey(["raw", "orders"])
+RAW_ORDERS_COLUMNS = (
+    ("dt", "DATE", "the export day (UTC), the partition key"),
+    ("order_id", "VARCHAR", "the order"),
+    ("line_number", "INTEGER", "the line within the order, >= 1"),
+    ("customer_id", "VARCHAR", "who ordered"),
+    ("product_id", "VARCHAR", "what was ordered"),
+    ("quantity", "INTEGER", "units, >= 1"),
+    ("unit_price", "DECIMAL(18,2)", "price per unit, >= 0"),
+    ("discount", "DECIMAL(18,2)", "discount on the line, 0..quantity x unit_price"),
+    ("status", "VARCHAR", "placed, shipped, delivered, cancelled or refunded"),
+    ("ordered_at", "TIMESTAMPTZ", "when the order was placed; its UTC date is dt"),
+    ("updated_at", "TIMESTAMPTZ", "when this version of the line was exported"),
+    ("_source_file", "VARCHAR", "the export file's name"),
+    ("_source_line", "BIGINT", "the row's line in that file, header = 1"),
+    ("_loaded_at", "TIMESTAMPTZ", "when the ingest published the row"),
+    ("_run_id", "VARCHAR", "the Dagster run that published the row"),
+)
+
 # Runs that write the DuckDB file take a slot of this pool: DuckDB allows one writer per file.
 WAREHOUSE_POOL = "shopflow_warehouse"
 
@@ -38,7 +58,12 @@ WAREHOUSE_POOL = "shopflow_warehouse"
         "loaded by DuckDB SQL: valid rows in raw.orders, broken rows with their reason in "
         "raw.orders_rejected. Re-running D replaces exactly D, in one transaction."
     ),
-    metadata={"dagster/table_name": "raw.orders"},
+    metadata={
+        "dagster/table_name": "raw.orders",
+        "dagster/column_schema": TableSchema(
+            columns=[TableColumn(name, type_, description=text) for name, type_, text in RAW_ORDERS_COLUMNS]
+        ),
+    },
 )
 def raw_orders(
     context: AssetExecutionContext, landing: LandingZone, warehouse: DuckDBWarehouse
@@ -58,7 +83,11 @@ def raw_orders(
     try:
         with warehouse.connect() as con:
             summary = load_days(
-                con, exports, run_id=context.run_id, loaded_at=dt.datetime.now(dt.timezone.utc)
+                con,
+                exports,
+                run_id=context.run_id,
+                loaded_at=dt.datetime.now(dt.timezone.utc),
+                progress=context.log.info,
             )
     except BadExportError as error:  # permanent: retrying cannot fix the file
         raise Failure(
@@ -75,5 +104,10 @@ def raw_orders(
             "bytes": summary.bytes,
             "rejected_by_reason": MetadataValue.json(summary.rejected_by_reason),
             "rows_by_day": MetadataValue.json(summary.rows_by_day),
+            # one number per rule, 0 included, so that the UI can plot each across days
+            **{
+                f"rejected: {reason}": summary.rejected_by_reason.get(reason, 0)
+                for reason in REJECT_REASONS
+            },
         }
     )
