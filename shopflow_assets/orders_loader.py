@@ -327,7 +327,7 @@ FROM typed;
 _PUBLISH_STATEMENTS = (
     "DELETE FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
     "DELETE FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
-    f"""
+    """
 INSERT INTO raw.orders
 SELECT dt, t_order_id, t_line_number, t_customer_id, t_product_id, t_quantity, t_unit_price,
        t_discount, status, t_ordered_at, t_updated_at, _source_file, _source_line, $loaded_at, $run_id

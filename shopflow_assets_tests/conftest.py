@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import os
+import sys
 
 # Short retry delays for the suite (the default base is 2 s); set before shopflow_assets is imported.
 os.environ.setdefault("SHOPFLOW_RETRY_DELAY_SECONDS", "0.5")
@@ -29,6 +30,7 @@ from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's dagster, dagster-daemon, dg, ... (activated or not)
 ALL_ASSETS = [raw_orders, shopflow_dbt_models]
 FACT_SALES = AssetKey("fact_sales")
 DAILY_REVENUE = AssetKey("daily_revenue")
@@ -142,6 +144,14 @@ def run(resources: dict, instance: DagsterInstance):
         )
 
     return _run
+
+
+def command_env(landing: "Landing", warehouse_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `dagster`/`dg` subprocess: this one's without any SHOPFLOW_, DAGSTER_ or
+    SLACK_ setting, then the temporary landing zone and warehouse, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))}
+    env.update(SHOPFLOW_LANDING_DIR=str(landing.root), SHOPFLOW_WAREHOUSE=str(warehouse_path), **extra)
+    return env
 
 
 def query(warehouse_path: Path, sql: str, params: Sequence | None = None) -> list[tuple]:

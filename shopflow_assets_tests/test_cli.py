@@ -7,26 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_ROOT, csv_text, line, query
+from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
 
-BIN = Path(sys.executable).parent
 DAY = "2024-03-01"
 
 
 @pytest.fixture
 def env(landing, warehouse_path):
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_"))
-    }
-    environment["SHOPFLOW_LANDING_DIR"] = str(landing.root)
-    environment["SHOPFLOW_WAREHOUSE"] = str(warehouse_path)
     # a PATH without the venv: the run must find dbt all the same
-    environment["PATH"] = "/usr/bin:/bin"
-    return environment
+    return command_env(landing, warehouse_path, PATH="/usr/bin:/bin")
 
 
 def dagster(env, *args: str) -> subprocess.CompletedProcess:

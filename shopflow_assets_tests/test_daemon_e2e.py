@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from .conftest import REPO_ROOT, SLACK_TOKEN, csv_text, line, query
+from .conftest import BIN, REPO_ROOT, SLACK_TOKEN, command_env, csv_text, line, query
 from .postgres_cluster import pg_bin, start_cluster
 
-BIN = Path(sys.executable).parent
 KEYS = {
     "raw/orders": AssetKey(["raw", "orders"]),
     "fact_sales": AssetKey("fact_sales"),
@@ -49,16 +47,15 @@ def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatc
         check=True,
         capture_output=True,
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))},
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": f"postgresql://dagster@127.0.0.1:{postgres.port}/{database}",
-        "SHOPFLOW_LANDING_DIR": str(landing.root),
-        "SHOPFLOW_WAREHOUSE": str(warehouse_path),
-        "SLACK_BOT_TOKEN": SLACK_TOKEN,
-        "SHOPFLOW_SLACK_API_URL": slack_server.api_url,
-        "SHOPFLOW_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL),
-    }
+    env = command_env(
+        landing,
+        warehouse_path,
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_URL=f"postgresql://dagster@127.0.0.1:{postgres.port}/{database}",
+        SLACK_BOT_TOKEN=SLACK_TOKEN,
+        SHOPFLOW_SLACK_API_URL=slack_server.api_url,
+        SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
+    )
     for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
         monkeypatch.setenv(key, env[key])
     log = open(tmp_path / "daemon.log", "w")

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_ROOT, csv_text, line, query
+from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
 
-BIN = Path(sys.executable).parent
 DAY = "2024-03-01"
 
 
 @pytest.fixture
 def env(landing, warehouse_path):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))}
-    environment.update(SHOPFLOW_LANDING_DIR=str(landing.root), SHOPFLOW_WAREHOUSE=str(warehouse_path))
-    return environment
+    return command_env(landing, warehouse_path)
 
 
 def materialize(env, *args: str, select: str = "raw/orders") -> subprocess.CompletedProcess:

@@ -10,17 +10,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_ROOT, csv_text, line
+from .conftest import BIN, REPO_ROOT, command_env, csv_text, line
 
-BIN = Path(sys.executable).parent
 QUERY = """{ assetNodes(assetKeys: [{path: ["fact_sales"]}, {path: ["daily_revenue"]}, {path: ["raw", "orders"]}]) {
   assetKey { path } groupName dependencyKeys { path }
   internalFreshnessPolicy { ... on CronFreshnessPolicy { deadlineCron timezone } }
@@ -45,12 +42,7 @@ def ui(landing, warehouse_path, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))},
-        "DAGSTER_HOME": str(home),
-        "SHOPFLOW_LANDING_DIR": str(landing.root),
-        "SHOPFLOW_WAREHOUSE": str(warehouse_path),
-    }
+    env = command_env(landing, warehouse_path, DAGSTER_HOME=str(home))
     processes = [
         subprocess.Popen(
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
