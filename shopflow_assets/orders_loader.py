@@ -136,7 +136,7 @@ def _column_map(export: DayExport, path: Path, header: Sequence[str]) -> dict[st
     missing = [c for c in REQUIRED_COLUMNS if c not in by_key]
     if missing:
         raise MissingColumnsError(
-            f"{_display(export, path)} line 1 (header): missing required column"
+            f"{_display(path)} line 1 (header): missing required column"
             f"{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}; "
             f"the header has {', '.join(header)}. Fix the export of {export.day} and re-run; "
             f"nothing of {export.day} was changed."
@@ -144,7 +144,8 @@ def _column_map(export: DayExport, path: Path, header: Sequence[str]) -> dict[st
     return {c: by_key[c] for c in REQUIRED_COLUMNS}
 
 
-def _display(export: DayExport, path: Path) -> str:
+def _display(path: Path) -> str:
+    """How errors name a file: its day folder and name, e.g. dt=2024-03-01/part-7.csv."""
     return f"{path.parent.name}/{path.name}"
 
 
@@ -159,12 +160,14 @@ def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) 
                 headers[path] = (header, _column_map(export, path, header))
             except MissingColumnsError as e:
                 problems.append(str(e))
-            except duckdb.IOException:
-                raise
+            except duckdb.IOException as e:
+                if not _is_corrupt_file(e):
+                    raise  # transient
+                problems.append(f"{_display(path)}: the file is corrupt: {_first_line(e)}")
             except duckdb.Error as e:
-                problems.append(f"{_display(export, path)}: cannot read the CSV header: {_first_line(e)}")
+                problems.append(f"{_display(path)}: cannot read the CSV header: {_first_line(e)}")
     if problems:
-        raise MissingColumnsError("\n".join(problems))
+        raise BadExportError("\n".join(problems))
     return headers
 
 
@@ -187,13 +190,23 @@ def _stage_file(
     picked = ", ".join(f"{quote_ident(columns[c])}" for c in REQUIRED_COLUMNS)
     try:
         _read_file_into_stage(con, file_idx, path, header, newlines, picked)
-    except duckdb.IOException:
-        raise  # the file system or a lock: transient, the step is retried
+    except duckdb.IOException as error:
+        if not _is_corrupt_file(error):
+            raise  # the file system or a lock: transient, the step is retried
+        raise BadExportError(
+            f"{_display(path)}: the file is corrupt: {_first_line(error)}. "
+            "Re-export the file, then re-run the day."
+        ) from None
     except duckdb.Error as error:
         raise BadExportError(
-            f"{path.parent.name}/{path.name}: DuckDB cannot read it as CSV: {_first_line(error)}. "
+            f"{_display(path)}: DuckDB cannot read it as CSV: {_first_line(error)}. "
             "Fix or re-export the file, then re-run the day."
         ) from None
+
+
+def _is_corrupt_file(error: duckdb.IOException) -> bool:
+    """A truncated or damaged .csv.gz: the same on every attempt, so not worth a retry."""
+    return "gzip" in str(error).lower()
 
 
 def _read_file_into_stage(con, file_idx, path, header, newlines, picked) -> None:

@@ -86,7 +86,7 @@ class Landing:
         directory = self.day_dir(day)
         directory.mkdir(parents=True, exist_ok=True)
         data = content.encode("utf-8") if isinstance(content, str) else content
-        if name.endswith(".gz"):
+        if name.endswith(".gz") and not data.startswith(b"\x1f\x8b"):  # not gzip yet
             data = gzip.compress(data)
         path = directory / name
         path.write_bytes(data)

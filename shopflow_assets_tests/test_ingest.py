@@ -309,3 +309,25 @@ def test_rejections_per_rule_are_numbers_the_ui_can_plot(run, landing):
     assert set(numbers) == set(REJECT_REASONS)
     assert numbers["quantity is below 1"] == 2 and numbers["status is not one of placed, shipped, delivered, cancelled, refunded"] == 1
     assert sum(numbers.values()) == 3
+
+
+def test_a_truncated_gzip_fails_at_once_naming_the_file_and_changes_nothing(run, landing, warehouse_path):
+    import gzip as gz
+
+    landing.export(DAY, {"good.csv": csv_text([line("A")])})
+    assert ingest(run).success
+    before = snapshot(warehouse_path)
+    rows = [line(f"O{n}", quantity=n % 9 + 1, unit_price=f"{n % 997}.{n % 100:02d}") for n in range(20000)]
+    data = gz.compress(csv_text(rows).encode())
+    landing.export(DAY, {"cut.csv.gz": data[: len(data) // 2]})  # written raw: already gzip
+
+    result = ingest(run)
+
+    assert not result.success
+    assert events_of_type(result, "STEP_UP_FOR_RETRY") == 0  # corrupt: not retried
+    assert "dt=2024-03-01/cut.csv.gz: the file is corrupt" in failure_messages(result)
+    assert snapshot(warehouse_path) == before
+
+
+def events_of_type(result, kind: str) -> int:
+    return sum(1 for e in result.all_events if e.event_type_value == kind)

@@ -32,10 +32,6 @@ class DayExport:
     directory: Path
     files: tuple[Path, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
-
 
 class LandingZone(ConfigurableResource):
     """Where the order system drops its daily exports (`SHOPFLOW_LANDING_DIR`)."""
