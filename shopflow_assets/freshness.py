@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, FreshnessPolicy, RunsFilter
 
+from shopflow_assets.asset_keys import FACT_SALES, RAW_ORDERS
 from shopflow_assets.alerts import late_message, recovered_message, run_url
 from shopflow_assets.resources.landing import SUCCESS_MARKER, LandingZone
 from shopflow_assets.run_window import days_of_run_tags
 from shopflow_assets.settings import get_settings
 
 DEADLINE = dt.time(8, 0)
-FACT_SALES = AssetKey("fact_sales")
-RAW_ORDERS = AssetKey(["raw", "orders"])
 REMEMBERED_DAYS = 31
 
 # The UI's view of the promise: materialized between 00:00 and the 08:00 deadline, every day.

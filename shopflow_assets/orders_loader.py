@@ -416,14 +416,13 @@ def load_days(
         con.execute("ROLLBACK")
         raise
 
-    days = [e.day for e in exports]
     summary.rows_by_day = {
         str(d): n
         for d, n in con.execute(
             "SELECT dt, count(*) FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days) GROUP BY dt ORDER BY dt"
         ).fetchall()
     }
-    for d in days:
+    for d in summary.days:
         summary.rows_by_day.setdefault(str(d), 0)
     summary.rows_loaded = sum(summary.rows_by_day.values())
     summary.rejected_by_reason = dict(

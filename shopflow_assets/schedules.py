@@ -18,7 +18,7 @@ from dagster import (
     schedule,
 )
 
-from shopflow_assets.assets.ingest import RAW_ORDERS
+from shopflow_assets.asset_keys import RAW_ORDERS
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.settings import get_settings
 

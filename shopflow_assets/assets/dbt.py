@@ -1,13 +1,13 @@
 """The dbt models as Dagster assets: fact_sales and daily_revenue, partitioned like raw/orders."""
 
 
+import datetime as dt
 import json
 import shutil
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-
-from decimal import Decimal
 
 from dagster import AssetExecutionContext, BackfillPolicy, Failure, MetadataValue, Output
 from dagster_dbt import (
@@ -62,12 +62,11 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else "dbt"
 
 
-def partition_vars(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -> dict[str, str]:
-    # A backfill of a range is one run, where context.partition_key raises: use the time window.
-    days = days_of(context.partition_time_window)
+def partition_vars(days: list[dt.date], warehouse: DuckDBWarehouse) -> dict[str, str]:
+    """dbt vars for the days of the run: the half-open window [min_date, max_date)."""
     return {
         "min_date": days[0].isoformat(),
-        "max_date": context.partition_time_window.end.date().isoformat(),
+        "max_date": (days[-1] + dt.timedelta(days=1)).isoformat(),
         "warehouse_path": warehouse.path,
     }
 
@@ -87,7 +86,9 @@ def partition_vars(context: AssetExecutionContext, warehouse: DuckDBWarehouse) -
 def shopflow_dbt_models(
     context: AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse
 ) -> Iterator[Any]:
-    vars_ = partition_vars(context, warehouse)
+    # A backfill of a range is one run, where context.partition_key raises: use the time window.
+    days = days_of(context.partition_time_window)
+    vars_ = partition_vars(days, warehouse)
     context.log.info(f"dbt build for [{vars_['min_date']}, {vars_['max_date']})")
     runs_dir = Path(dbt.project_dir) / "target" / "runs"
     invocation = dbt.cli(
@@ -95,7 +96,6 @@ def shopflow_dbt_models(
         context=context,
         target_path=runs_dir / context.run_id,
     )
-    days = days_of(context.partition_time_window)
     events = []
     try:
         # Held back until dbt has exited: then the warehouse is free to count what it built.

@@ -5,7 +5,6 @@ import datetime as dt
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     BackfillPolicy,
     Failure,
     MaterializeResult,
@@ -15,13 +14,13 @@ from dagster import (
     asset,
 )
 
+from shopflow_assets.asset_keys import RAW_ORDERS
 from shopflow_assets.orders_loader import REJECT_REASONS, BadExportError, load_days
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
 from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import days_of, rerun_command
 
-RAW_ORDERS = AssetKey(["raw", "orders"])
 RAW_ORDERS_COLUMNS = (
     ("dt", "DATE", "the export day (UTC), the partition key"),
     ("order_id", "VARCHAR", "the order"),

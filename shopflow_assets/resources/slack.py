@@ -24,6 +24,8 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
+from shopflow_assets.settings import DEFAULT_SLACK_API_URL
+
 # Slack truncates a message past 40,000 characters; alerts stay far below, readable on a phone.
 MAX_MESSAGE_CHARS = 3000
 
@@ -62,7 +64,7 @@ class ShopflowSlack(SlackResource):
 
     token: str = Field(default="", description="Slack bot token (SLACK_BOT_TOKEN); empty: log only.")
     channel: str = Field(default="#shopflow-alerts", description="Channel (SHOPFLOW_SLACK_CHANNEL).")
-    api_url: str = Field(default="https://slack.com/api/", description="SHOPFLOW_SLACK_API_URL.")
+    api_url: str = Field(default=DEFAULT_SLACK_API_URL, description="SHOPFLOW_SLACK_API_URL.")
     timeout_seconds: float = Field(default=10.0, description="Timeout of one HTTP request.")
     max_retries: int = Field(default=3, description="Retries of one message on 5xx, 429 and timeouts.")
     max_retry_after_seconds: float = Field(default=10.0, description="Cap on a 429's Retry-After wait.")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 
 from dagster import (
-    AssetKey,
     AssetRecordsFilter,
     DefaultSensorStatus,
     EventLogEntry,
@@ -18,10 +17,10 @@ from dagster import (
 )
 
 from shopflow_assets.alerts import ready_message
+from shopflow_assets.asset_keys import FACT_SALES
 from shopflow_assets.resources.slack import ShopflowSlack
 from shopflow_assets.settings import get_settings
 
-FACT_SALES = AssetKey("fact_sales")
 MAX_EVENTS_PER_TICK = 1000
 
 

@@ -1,0 +1,7 @@
+"""The asset keys of the contract (DESIGN.md "Asset keys and tables"), named once."""
+
+from dagster import AssetKey
+
+RAW_ORDERS = AssetKey(["raw", "orders"])
+FACT_SALES = AssetKey("fact_sales")
+DAILY_REVENUE = AssetKey("daily_revenue")
