@@ -35,7 +35,7 @@ defs = Definitions(
     ],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),
-        "warehouse": DuckDBWarehouse(path=str(settings.warehouse)),
+        "warehouse": DuckDBWarehouse(path=str(settings.warehouse), memory_limit=settings.duckdb_memory_limit),
         "dbt": DbtCliResource(project_dir=shopflow_dbt_project, dbt_executable=dbt_executable()),
         "slack": ShopflowSlack(
             # EnvVar: the UI and the event log show the variable's name, never the token.

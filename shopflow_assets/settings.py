@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import re
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class Settings:
     retry_max_retries: int
     retry_delay_seconds: float
     sensor_interval_seconds: int
+    duckdb_memory_limit: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -60,6 +62,7 @@ class Settings:
             retry_max_retries=_parse_number("SHOPFLOW_RETRY_MAX_RETRIES", get("SHOPFLOW_RETRY_MAX_RETRIES", "4"), int),
             retry_delay_seconds=_parse_number("SHOPFLOW_RETRY_DELAY_SECONDS", get("SHOPFLOW_RETRY_DELAY_SECONDS", "2"), float),
             sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "30"), int),
+            duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -84,6 +87,19 @@ def _parse_number(name: str, value: str, kind: type) -> int | float:
     if number < 0:
         raise SettingsError(f"{name}={value!r} is not a non-negative {kind.__name__}: e.g. {name}=2")
     return number
+
+
+_MEMORY_LIMIT = re.compile(r"[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)", re.IGNORECASE)
+
+
+def _parse_memory_limit(value: str) -> str:
+    """A DuckDB memory_limit such as 2GB or 512MB (checked here so that a typo fails at load)."""
+    if not _MEMORY_LIMIT.fullmatch(value.strip()):
+        raise SettingsError(
+            f"SHOPFLOW_DUCKDB_MEMORY_LIMIT={value!r} is not a size: use a number and a unit, "
+            "e.g. SHOPFLOW_DUCKDB_MEMORY_LIMIT=2GB"
+        )
+    return value.strip()
 
 
 def _parse_date(name: str, value: str) -> dt.date:

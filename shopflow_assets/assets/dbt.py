@@ -68,6 +68,7 @@ def partition_vars(days: list[dt.date], warehouse: DuckDBWarehouse) -> dict[str,
         "min_date": days[0].isoformat(),
         "max_date": (days[-1] + dt.timedelta(days=1)).isoformat(),
         "warehouse_path": warehouse.path,
+        "memory_limit": warehouse.memory_limit or "",
     }
 
 
