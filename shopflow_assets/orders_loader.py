@@ -119,29 +119,56 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _header(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
-    rows = con.execute(
-        # ignore_errors: a malformed data row must not stop the sniffer from reading the header.
-        f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)",
+def _header(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list[str]]:
+    """The file's column names as DuckDB reads them (duplicates renamed, e.g. `note_1`) and as
+    they are written in the file, in the same order."""
+    # ignore_errors: a malformed data row must not stop the sniffer from reading the header.
+    names = [
+        r[0]
+        for r in con.execute(
+            f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)",
+            {"path": str(path)},
+        ).fetchall()
+    ]
+    written = con.execute(
+        f"SELECT * FROM read_csv($path, {CSV_OPTIONS.replace('header = true', 'header = false')}, "
+        "ignore_errors = true) LIMIT 1",
         {"path": str(path)},
     ).fetchall()
-    return [r[0] for r in rows]
+    if not written:
+        return names, []  # an empty file: DuckDB still names one column, `column0`
+    as_written = [str(v or "") for v in written[0]]
+    return names, as_written if len(as_written) == len(names) else names
 
 
-def _column_map(export: DayExport, path: Path, header: Sequence[str]) -> dict[str, str]:
-    """Required column -> the header's name for it (case and surrounding spaces are ignored)."""
-    by_key: dict[str, str] = {}
-    for name in header:
-        by_key.setdefault(name.strip().lstrip("\ufeff").lower(), name)
-    missing = [c for c in REQUIRED_COLUMNS if c not in by_key]
-    if missing:
+def _column_map(export: DayExport, path: Path, names: Sequence[str], written: Sequence[str]) -> dict[str, str]:
+    """Required column -> DuckDB's name for it (case and surrounding spaces are ignored).
+
+    A required column written twice is ambiguous (which one holds the data?): it fails like a
+    missing one.
+    """
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(written):
+        positions.setdefault(name.strip().lstrip("\ufeff").strip().lower(), []).append(position)
+    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
+    twice = [c for c in REQUIRED_COLUMNS if len(positions.get(c, ())) > 1]
+    problems = []
+    if not written:
+        problems.append("the file is empty: it has no header row")
+    elif missing:
+        problems.append(
+            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}"
+        )
+    for column in twice:
+        columns = " and ".join(str(p + 1) for p in positions[column])
+        problems.append(f"required column {column!r} appears more than once (columns {columns})")
+    if problems:
         raise MissingColumnsError(
-            f"{_display(path)} line 1 (header): missing required column"
-            f"{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}; "
-            f"the header has {', '.join(header)}. Fix the export of {export.day} and re-run; "
+            f"{_display(path)} line 1 (header): {'; '.join(problems)}"
+            f"{'; the header has ' + ', '.join(written) if written else ''}. Fix the export of {export.day} and re-run; "
             f"nothing of {export.day} was changed."
         )
-    return {c: by_key[c] for c in REQUIRED_COLUMNS}
+    return {c: names[positions[c][0]] for c in REQUIRED_COLUMNS}
 
 
 def _display(path: Path) -> str:
@@ -156,8 +183,8 @@ def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) 
     for export in exports:
         for path in export.files:
             try:
-                header = _header(con, path)
-                headers[path] = (header, _column_map(export, path, header))
+                names, written = _header(con, path)
+                headers[path] = (names, _column_map(export, path, names, written))
             except MissingColumnsError as e:
                 problems.append(str(e))
             except duckdb.IOException as e:
