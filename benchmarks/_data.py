@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import duckdb
@@ -40,3 +43,23 @@ def write_day(landing: Path, day: dt.date, lines: int, files: int = 4) -> list[P
     header = paths[0].open().readline().strip().split(",")
     assert header == list(REQUIRED_COLUMNS), header
     return paths
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def materialize_command(*partitions: str) -> list[str]:
+    """The user's command for raw/orders and the models, e.g. ("--partition", "2024-03-01")."""
+    dagster = Path(sys.executable).parent / "dagster"
+    return [str(dagster), "asset", "materialize", "-m", "shopflow_assets.definitions", "--select", "raw/orders*", *partitions]
+
+
+def cli_env(landing: Path, warehouse: Path, dagster_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `dagster` CLI subprocess: this one's without SHOPFLOW_, DAGSTER_ or SLACK_
+    settings, then the landing zone, the warehouse, a fresh DAGSTER_HOME holding a copy of the
+    repository's dagster.yaml, then `extra`."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))}
+    env.update(SHOPFLOW_LANDING_DIR=str(landing), SHOPFLOW_WAREHOUSE=str(warehouse), DAGSTER_HOME=str(dagster_home), **extra)
+    return env

@@ -1,0 +1,172 @@
+"""Benchmark 2: the models fact_sales + daily_revenue for one day of N order lines (default
+2,000,000), raw/orders already ingested, through Dagster (the dbt assets, dbt's start-up and its
+tests included; timed from the step's start to its success in the event log, and the whole
+materialize call) against the SQL dbt compiled for them, run directly with DuckDB on a copy of the
+same warehouse (delete the day and insert fact_sales, then daily_revenue, in one transaction).
+Baseline and pipeline alternate (3 and 2 runs, best of each). Target: at most 2x.
+
+    .venv/bin/python -m benchmarks.models [--lines 2000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+from dagster import DagsterEventType, DagsterInstance, materialize
+from dagster_dbt import DbtCliResource
+
+from benchmarks._data import write_day
+from shopflow_assets.assets import raw_orders, shopflow_dbt_models
+from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+
+DAY = dt.date(2024, 3, 1)
+MEMORY_LIMIT = "2GB"  # the default of SHOPFLOW_DUCKDB_MEMORY_LIMIT, on both sides
+WINDOW = f"dt >= DATE '{DAY}' AND dt < DATE '{DAY + dt.timedelta(days=1)}'"
+MODELS = ("fact_sales", "daily_revenue")
+# dbt's structured log: when it started, finished parsing, finished running the nodes; full parse
+DBT_STARTED, DBT_PARSED, DBT_RAN, DBT_FULL_PARSE = "A001", "W006", "E047", "I024"
+
+
+def pipeline(landing: Path, database: Path, selection: str | list[str]) -> dict:
+    """Materialize `selection` for DAY in process: timings from the event log, the dbt target dir."""
+    resources = {
+        "landing": LandingZone(root=str(landing)),
+        "warehouse": DuckDBWarehouse(path=str(database), memory_limit=MEMORY_LIMIT),
+        "dbt": DbtCliResource(project_dir=shopflow_dbt_project, dbt_executable=dbt_executable()),
+    }
+    # dagster-dbt echoes dbt's log on stdout: keep stdout for the figures
+    with DagsterInstance.ephemeral() as instance, contextlib.redirect_stdout(sys.stderr):
+        started = time.perf_counter()
+        result = materialize(
+            [raw_orders, shopflow_dbt_models],
+            selection=selection,
+            partition_key=str(DAY),
+            instance=instance,
+            resources=resources,
+        )
+        wall = time.perf_counter() - started
+        logs = instance.all_logs(result.run_id)
+    stamps = lambda kind: [e.timestamp for e in logs if e.dagster_event_type == kind]  # noqa: E731
+    run = {
+        "start": stamps(DagsterEventType.STEP_START)[-1],
+        "materialized": stamps(DagsterEventType.ASSET_MATERIALIZATION)[-1],
+        "success": stamps(DagsterEventType.STEP_SUCCESS)[-1],
+        "wall": wall,
+        "target": Path(shopflow_dbt_project.project_dir) / "target" / "runs" / result.run_id,
+    }
+    # read at once: every dbt step (other runs in this checkout too) keeps only the newest 10 targets
+    run["sql"], run["profile"] = compiled_sql(run["target"]), dbt_profile(run)
+    return run
+
+
+def compiled_sql(target: Path) -> tuple[dict[str, str], list[str]]:
+    """The SELECT dbt compiled for each model (stg_orders inlined), and the SQL of every dbt test."""
+    compiled = target / "compiled" / "shopflow"
+    models = {m: (compiled / "models" / "marts" / f"{m}.sql").read_text() for m in MODELS}
+    tests = [p.read_text() for p in sorted(compiled.rglob("*.sql")) if p.parent.suffix == ".yml" or p.parent.name == "tests"]
+    return models, tests
+
+
+def bare_duckdb(database: Path, models: dict[str, str], tests: list[str]) -> dict[str, float]:
+    """The models' work straight in DuckDB, seconds per statement; then the tests' queries."""
+    timings = {}
+
+    def timed(label: str, sql: str) -> None:
+        started = time.perf_counter()
+        con.execute(sql).fetchall()
+        timings[label] = timings.get(label, 0.0) + time.perf_counter() - started
+
+    with duckdb.connect(str(database)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+        con.execute("BEGIN")
+        for model in MODELS:
+            timed(f"delete {model}", f"DELETE FROM analytics.{model} WHERE {WINDOW}")
+            timed(f"insert {model}", f"INSERT INTO analytics.{model} {models[model]}")
+        timed("commit", "COMMIT")
+        for sql in tests:
+            timed("tests", sql)
+    return timings
+
+
+def copy_of(warehouse: Path, name: str) -> Path:
+    """A copy of the warehouse file under the same file name (dbt-duckdb names the catalog after it)."""
+    target = warehouse.parent.parent / name / warehouse.name
+    target.parent.mkdir()
+    shutil.copy(warehouse, target)
+    return target
+
+
+def dbt_profile(run: dict) -> dict[str, float]:
+    """Where the step's time went: dbt's structured log against the step's start and success."""
+    marks = {}
+    for line in (run["target"] / "dbt.log").read_text().splitlines():
+        info = json.loads(line)["info"] if line.strip() else {}
+        if info.get("code") in (DBT_STARTED, DBT_PARSED, DBT_RAN, DBT_FULL_PARSE):
+            marks[info["code"]] = dt.datetime.fromisoformat(info["ts"].replace("Z", "+00:00")).timestamp()
+    parse = "full parse" if DBT_FULL_PARSE in marks else "partial parse"
+    nodes = json.loads((run["target"] / "run_results.json").read_text())["results"]
+    return {
+        "step start -> dbt's first log line (dagster-dbt, dbt imports)": marks[DBT_STARTED] - run["start"],
+        f"dbt: adapter, project ({parse})": marks[DBT_PARSED] - marks[DBT_STARTED],
+        "dbt runs the nodes": marks[DBT_RAN] - marks[DBT_PARSED],
+        "after dbt (exit, metadata, events)": run["success"] - marks[DBT_RAN],
+        "  of which models (dbt's timing)": sum(n["execution_time"] for n in nodes if n["unique_id"].startswith("model.")),
+        "  of which tests (dbt's timing, 2 threads)": sum(n["execution_time"] for n in nodes if n["unique_id"].startswith("test.")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=2_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        landing, prepared = root / "landing", root / "prepared" / "shopflow.duckdb"
+        write_day(landing, DAY, args.lines)
+        # raw/orders and a first build of the models for DAY: the marts exist, as on any day but
+        # the first, and every measured run below rebuilds DAY (deletes its rows, inserts them).
+        models, tests = pipeline(landing, prepared, "*")["sql"]
+        with duckdb.connect(str(prepared), read_only=True) as con:
+            (raw_rows,) = con.execute(f"SELECT count(*) FROM raw.orders WHERE {WINDOW}").fetchone()
+            (fact_rows,) = con.execute(f"SELECT count(*) FROM analytics.fact_sales WHERE {WINDOW}").fetchone()
+            revenue = con.execute("SELECT * FROM analytics.daily_revenue").fetchall()
+        bare, ours = [], []
+        for n in range(3):  # alternated: the machine is shared
+            bare.append(bare_duckdb(copy_of(prepared, f"bare{n}"), models, tests))
+            if n < 2:
+                ours.append(pipeline(landing, copy_of(prepared, f"dagster{n}"), list(MODELS)))
+                with duckdb.connect(str(root / f"dagster{n}" / "shopflow.duckdb"), read_only=True) as con:
+                    assert con.execute("SELECT * FROM analytics.daily_revenue").fetchall() == revenue
+    model_times = [sum(v for k, v in b.items() if k != "tests") for b in bare]
+    best_bare = bare[model_times.index(min(model_times))]
+    with_tests = min(sum(b.values()) for b in bare)
+    step_times = [r["success"] - r["start"] for r in ours]
+    best = ours[step_times.index(min(step_times))]
+    ratio = min(step_times) / min(model_times)
+    print(f"lines {args.lines:,}  raw.orders rows {raw_rows:,}  fact_sales rows {fact_rows:,}  "
+          f"(DuckDB memory_limit {MEMORY_LIMIT} on both sides)")
+    print(f"bare DuckDB, dbt's compiled SQL: best {min(model_times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in model_times)})")
+    print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in best_bare.items() if k != "tests"))
+    print(f"  + the {len(tests)} dbt tests' queries: {with_tests:.2f} s in all")
+    print(f"Dagster, dbt step start -> step success: best {min(step_times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in step_times)})")
+    print(f"  -> last materialization {best['materialized'] - best['start']:.2f} s; materialize() call {best['wall']:.2f} s")
+    for label, seconds in best["profile"].items():
+        print(f"  {label:<62} {seconds:6.2f} s")
+    print(f"ratio {ratio:.2f}x  (target <= 2x: {'met' if ratio <= 2 else 'NOT met'}); "
+          f"against the bare SQL with the tests' queries {min(step_times) / with_tests:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
