@@ -376,3 +376,47 @@ def test_two_runs_of_the_same_day_at_once_leave_what_one_run_leaves(landing, war
         exclude = "_run_id, _loaded_at" if table.startswith("raw.") else ""
         assert day_rows(warehouse_path, table, D, exclude) == day_rows(reference, table, D, exclude), table
         assert day_rows(warehouse_path, table, OTHER) == other_before[table], f"{table} for {OTHER} changed"
+
+
+def test_the_broke_alert_of_a_killed_run_names_its_step_and_the_signal(landing, warehouse_path, tmp_path, slack, slack_server):
+    """A run whose process died has no step failure; its failure event says only "marked as failed
+    from outside the execution context". The alert must say which step and why."""
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    from shopflow_assets.sensors.alerting import broke_alert_sensor
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    landing.write(D, "a.csv", csv_text([line("A")]))  # no _SUCCESS yet: the step waits between retries
+    env = command_env(landing, warehouse_path, DAGSTER_HOME=str(home), SHOPFLOW_RETRY_DELAY_SECONDS="60")
+    log = tmp_path / "run.log"
+    process = start_materialize(env, log, "--select", "raw/orders", "--partition", D)
+    deadline = time.monotonic() + 300
+    while "STEP_UP_FOR_RETRY" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.1)
+    kill_group(process)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.STARTED  # nobody left to say otherwise
+        # What the code server of a daemon-launched run does when it finds the run process dead
+        # (dagster/_grpc/server.py, _check_for_orphaned_runs), with the same calls.
+        instance.report_engine_event(
+            f"Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL).", run
+        )
+        instance.report_run_failed(run)
+        (failure,) = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        context = build_run_status_sensor_context(
+            sensor_name="shopflow_broke_alert",
+            dagster_event=failure.event_log_entry.dagster_event,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(run.run_id),
+            resources={"slack": slack},
+        ).for_run_failure()
+        broke_alert_sensor(context)
+    (message,) = slack_server.delivered
+    assert "• Step: raw__orders" in message, message
+    assert f"• Error: Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL)." in message
+    assert f"--partition {D}" in message

@@ -63,14 +63,33 @@ def assets_of_run(instance: DagsterInstance, run) -> set:
     return {r.event_log_entry.dagster_event.asset_key for r in planned}
 
 
+def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str | None) -> StepFailure:
+    """A run failed outside its steps. Its failure event only says "marked as failed from outside
+    the execution context"; the engine event before it says why (e.g. the run process "was
+    terminated by signal 9 (SIGKILL)"), and the step it was in is the one that started and never
+    ended."""
+    started, ended, engine_messages = [], set(), []
+    for entry in instance.all_logs(run_id):
+        kind = entry.dagster_event_type
+        if kind == DagsterEventType.STEP_START:
+            started.append(entry.step_key)
+        elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_SKIPPED):
+            ended.add(entry.step_key)
+        elif kind == DagsterEventType.ENGINE_EVENT and "terminated" in (entry.message or ""):
+            engine_messages.append(entry.message)
+    running = [step for step in started if step not in ended]
+    error = engine_messages[-1] if engine_messages else (run_message or "run failed")
+    return StepFailure(step=running[-1] if running else "(run)", error=error.strip().splitlines()[0])
+
+
 def broke_message_for(context: RunFailureSensorContext) -> str:
     run = context.dagster_run
     failures = [
         StepFailure(step=e.step_key or "?", error=step_error_text(e.step_failure_data))
         for e in context.get_step_failure_events()
     ]
-    if not failures:  # the run failed outside a step (run worker lost, say)
-        failures = [StepFailure(step="(run)", error=context.failure_event.message or "run failed")]
+    if not failures:  # the run failed outside its steps: its worker died, say
+        failures = [lost_worker_failure(context.instance, run.run_id, context.failure_event.message)]
     assets = sorted(k.to_user_string() for k in assets_of_run(context.instance, run))
     return broke_message(
         run_id=run.run_id,
