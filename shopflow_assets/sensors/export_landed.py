@@ -34,13 +34,6 @@ def is_partition(day: str, now: dt.datetime) -> bool:
     return daily_partitions.start.date() <= date <= last_complete_day
 
 
-# raw/orders is one step: run it inside the run worker instead of a second process that imports the
-# code location again (about 5 s of every run on 2 busy cores; benchmarks/latency.py). This selects
-# the in_process side of Dagster's default executor; should Definitions set an executor of its own,
-# drop it (in_process_executor has no `in_process` key).
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-
-
 @sensor(
     name="shopflow_export_landed",
     target=[RAW_ORDERS],
@@ -61,12 +54,7 @@ def export_landed_sensor(context: SensorEvaluationContext, landing: LandingZone)
             context.log.warning(f"Ignoring export dt={day}: not a partition of raw/orders (yet)")
             continue
         requests.append(
-            RunRequest(
-                run_key=f"{day}:{fingerprint}",
-                partition_key=day,
-                asset_selection=[RAW_ORDERS],
-                run_config=IN_PROCESS,
-            )
+            RunRequest(run_key=f"{day}:{fingerprint}", partition_key=day, asset_selection=[RAW_ORDERS])
         )
     cursor = json.dumps(seen, sort_keys=True, separators=(",", ":"))
     if not requests:
