@@ -162,3 +162,23 @@ def test_dbt_tests_are_asset_checks_that_pass(run, landing, warehouse_path):
     assert all(e.passed for e in evaluations)
     names = {e.check_name for e in evaluations}
     assert {"daily_revenue_matches_fact_sales", "fact_sales_net_is_gross_minus_discount", "unique_daily_revenue_dt"} <= names
+
+
+def test_the_dbt_tests_of_a_day_look_at_that_day_only(run, landing, warehouse_path):
+    """Each data test reads the window being built: a bad row of another day (old history, say)
+    neither fails nor slows today's build, and a bad row of the day itself still fails it."""
+    import duckdb
+
+    other = "2024-02-29"
+    landing.export(other, {"a.csv": csv_text([line("OLD", day=other)])})
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    assert run(other).success
+    with duckdb.connect(str(warehouse_path)) as con:  # history broken behind dbt's back
+        con.execute("UPDATE analytics.fact_sales SET quantity = 0 WHERE dt = ?", [other])
+    assert run(DAY).success, "a bad row of another day failed this day's tests"
+    with duckdb.connect(str(warehouse_path)) as con:
+        con.execute("INSERT INTO raw.orders SELECT * REPLACE ('Z' AS order_id, 0 AS quantity) FROM raw.orders WHERE dt = ?", [DAY])
+    result = run(DAY, selection=["fact_sales", "daily_revenue"])
+    assert not result.success
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert failed == {"expression_is_true_fact_sales_quantity__quantity_1"}, failed
