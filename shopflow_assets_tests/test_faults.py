@@ -13,17 +13,26 @@ import subprocess
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 from dagster_dbt import DbtCliResource
 
+from benchmarks._data import write_day  # a big day written by DuckDB in about a second
 from shopflow_assets.assets.dbt import dbt_executable
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
 
-from .conftest import ALL_ASSETS, BIN, REPO_ROOT, command_env, csv_text, line, query, snapshot
+from .conftest import (
+    ALL_ASSETS,
+    BIN,
+    REPO_ROOT,
+    command_env,
+    csv_text,
+    day_of,
+    line,
+    query,
+    snapshot,
+)
 from .postgres_cluster import start_cluster
 from .test_daemon_e2e import SENSOR_INTERVAL, broke, daemon, materializations, wait_for  # noqa: F401 (daemon: a fixture)
 
@@ -34,31 +43,6 @@ B_LINES = 1_500_000  # version B of D: big enough that its ingest takes several 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def write_day(landing_root: Path, day: str, lines: int, files: int = 4) -> None:
-    """A whole export of `lines` valid order lines in `files` files, written by DuckDB (fast even
-    for millions of lines), then `_SUCCESS`. Files of the same names are replaced."""
-    directory = landing_root / "orders" / f"dt={day}"
-    directory.mkdir(parents=True, exist_ok=True)
-    per_file = lines // files
-    with duckdb.connect() as con:
-        for n in range(files):
-            con.execute(
-                f"""
-                COPY (
-                    SELECT 'O-' || (i // 3) AS order_id, (i % 3) + 1 AS line_number,
-                           'C-' || (i % 5000) AS customer_id, 'P-' || (i % 300) AS product_id,
-                           (i % 7) + 1 AS quantity, round(((i * 7919) % 100000) / 100.0, 2) AS unit_price,
-                           0.00 AS discount, ['placed', 'shipped', 'delivered', 'cancelled'][(i % 4) + 1] AS status,
-                           strftime(TIMESTAMP '{day}' + to_seconds(i % 86400), '%Y-%m-%dT%H:%M:%S') || '+00:00' AS ordered_at,
-                           strftime(TIMESTAMP '{day}' + to_seconds(i % 86400), '%Y-%m-%dT%H:%M:%S') || '+00:00' AS updated_at
-                    FROM range({n * per_file}, {(n + 1) * per_file}) t(i)
-                ) TO '{directory / f"part-{n}.csv"}' (HEADER, DELIMITER ',')
-                """
-            )
-    assert (directory / "part-0.csv").open().readline().strip().split(",") == list(REQUIRED_COLUMNS)
-    (directory / "_SUCCESS").touch()
 
 
 def start_materialize(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
@@ -174,8 +158,8 @@ def test_a_run_killed_mid_ingest_changes_nothing_and_the_next_run_loads_the_day_
     # version A of D (and another day), loaded by a successful run
     bad = [line("X1", day=D, quantity="0"), line("X2", day=D, status="lost")]
     landing.write(D, "rejects.csv", csv_text(bad))
-    write_day(landing.root, D, 2_000)
-    write_day(landing.root, OTHER, 1_000)
+    write_day(landing.root, day_of(D), 2_000)
+    write_day(landing.root, day_of(OTHER), 1_000)
     build_in_process(landing.root, warehouse_path, OTHER, "raw/orders")
     build_in_process(landing.root, warehouse_path, D, "raw/orders")
     before = snapshot(warehouse_path)
@@ -186,7 +170,7 @@ def test_a_run_killed_mid_ingest_changes_nothing_and_the_next_run_loads_the_day_
     assert len(day_rows(warehouse_path, "raw.orders_rejected", D)) == 2
 
     # D re-exported as version B, much bigger: same file names, new content
-    write_day(landing.root, D, B_LINES)
+    write_day(landing.root, day_of(D), B_LINES)
     # No DAGSTER_HOME: each CLI run has a temporary instance of its own. (With one persistent
     # instance the killed run keeps its `shopflow_warehouse` pool slot: it stays STARTED, and the
     # next run's step waits for the slot forever; see the commit message.)
