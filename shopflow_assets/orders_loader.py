@@ -265,8 +265,9 @@ DROP TABLE IF EXISTS _shopflow_csv_scans;
 """
 
 # Records get their physical line: DuckDB numbers rejected records by line (not counting quoted
-# newlines) and accepted ones not at all. In the common case the line is the record number + 1. Accepted records fill, in order, the record slots that
-# rejected ones leave free; each record then moves down by the newlines inside the records before it.
+# newlines) and accepted ones not at all. In the common case the line is the record number + 1.
+# Otherwise accepted records fill, in order, the record slots that rejected ones leave free; each
+# record then moves down by the newlines inside the records before it.
 _LINES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_parse_rejects AS
 SELECT f.file_idx,
