@@ -323,21 +323,27 @@ _DECIMAL = r"[+-]?([0-9]+(\.[0-9]{0,2})?|\.[0-9]{1,2})"
 _INTEGER = r"[+]?[0-9]+"
 
 
+_SPACES_TRIMMED = "trim({}, ' ')"  # ASCII spaces only: see _typed
+
+
 def _typed(column: str, pattern: str, sql_type: str) -> str:
     """The column's value when its text is of the pattern (surrounding spaces allowed), else NULL.
 
     DuckDB's casts alone are too lenient ('1.5' -> 2, '1e3', no offset): the pattern decides. The
-    untrimmed text is tried first because trim() costs as much as the match on millions of rows.
+    untrimmed text is tried first because trimming costs as much as the match on millions of rows.
+    Only ASCII spaces are trimmed, as the publish's plain cast ignores them and nothing else (plain
+    trim() would also strip a no-break space, which the cast then refuses).
     """
     return (
         f"CASE WHEN regexp_full_match({column}, '{pattern}') THEN TRY_CAST({column} AS {sql_type}) "
-        f"WHEN regexp_full_match(trim({column}), '{pattern}') THEN TRY_CAST(trim({column}) AS {sql_type}) END"
+        f"WHEN regexp_full_match({_SPACES_TRIMMED.format(column)}, '{pattern}') "
+        f"THEN TRY_CAST({_SPACES_TRIMMED.format(column)} AS {sql_type}) END"
     )
 
 
 def _text(column: str) -> str:
     """The column's text without surrounding spaces, trimming only the values that have them."""
-    return f"CASE WHEN {column} LIKE ' %' OR {column} LIKE '% ' THEN trim({column}) ELSE {column} END"
+    return f"CASE WHEN {column} LIKE ' %' OR {column} LIKE '% ' THEN {_SPACES_TRIMMED.format(column)} ELSE {column} END"
 
 
 # The rules of DESIGN.md "The export", column by column: (condition, reason); the first condition
