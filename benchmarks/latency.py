@@ -31,12 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 
-from benchmarks._data import write_day
+from benchmarks._data import REPO_ROOT, cli_env, write_day
 from shopflow_assets.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TARGET_SECONDS = 45.0
 RECOMMENDED_INTERVAL = Settings.from_env({}).sensor_interval_seconds  # the default, as the README recommends
@@ -82,18 +87,6 @@ def machine() -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     return f"machine: nproc {os.cpu_count()}, RAM {ram}, load {load}, {now}, Python {platform.python_version()}"
-
-
-def daemon_env(home: Path, landing: Path, warehouse: Path, interval: int) -> dict[str, str]:
-    """Like the suite's command_env: no inherited SHOPFLOW_/DAGSTER_/SLACK_ setting, embedded storage."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        SHOPFLOW_LANDING_DIR=str(landing),
-        SHOPFLOW_WAREHOUSE=str(warehouse),
-        SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(interval),
-    )
-    return env
 
 
 def instigator_state(instance: DagsterInstance, name: str):
@@ -238,10 +231,8 @@ def main() -> None:
           f"{args.warmup} warm-up + {args.days} measured landings")
     tmp = Path(tempfile.mkdtemp(prefix="shopflow_latency_"))
     home, landing, warehouse = tmp / "dagster_home", tmp / "landing", tmp / "warehouse.duckdb"
-    home.mkdir()
     (landing / "orders").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = daemon_env(home, landing, warehouse, args.interval)
+    env = cli_env(landing, warehouse, home, SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(args.interval))
     os.environ["DAGSTER_HOME"] = str(home)
     log_path = tmp / "daemon.log"
     rows: list[tuple[str, dict[str, float]]] = []

@@ -29,9 +29,10 @@ from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.settings import Settings
 
 DAY = dt.date(2024, 3, 1)
-MEMORY_LIMIT = "2GB"  # the default of SHOPFLOW_DUCKDB_MEMORY_LIMIT, on both sides
+MEMORY_LIMIT = Settings.from_env({}).duckdb_memory_limit  # the default of SHOPFLOW_DUCKDB_MEMORY_LIMIT, on both sides
 WINDOW = f"dt >= DATE '{DAY}' AND dt < DATE '{DAY + dt.timedelta(days=1)}'"
 MODELS = ("fact_sales", "daily_revenue")
 # dbt's structured log: when it started, finished parsing, finished running the nodes; full parse
