@@ -69,7 +69,14 @@ def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str
     terminated by signal 9 (SIGKILL)"), and the step it was in is the one that started and never
     ended."""
     started, ended, engine_messages = [], set(), []
-    for entry in instance.all_logs(run_id):
+    kinds = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.STEP_SKIPPED,
+        DagsterEventType.ENGINE_EVENT,
+    }
+    for entry in instance.all_logs(run_id, of_type=kinds):
         kind = entry.dagster_event_type
         if kind == DagsterEventType.STEP_START:
             started.append(entry.step_key)
