@@ -23,20 +23,17 @@ import duckdb
 
 from shopflow_assets.resources.landing import DayExport
 
-REQUIRED_COLUMNS = (
-    "order_id",
-    "line_number",
-    "customer_id",
-    "product_id",
-    "quantity",
-    "unit_price",
-    "discount",
-    "status",
-    "ordered_at",
-    "updated_at",
+from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the contract's names)
+    DUCKDB,
+    MALFORMED_ROW,
+    REJECT_REASONS,
+    REQUIRED_COLUMNS,
+    STATUSES,
+    BadExportError,
+    MissingColumnsError,
+    display_name,
+    required_positions,
 )
-STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
-MALFORMED_ROW = "malformed CSV row"  # the reason of a line that is not valid CSV
 
 # read_csv caps a line at 2 MB by default; a long free-text field must not fail the day.
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -92,14 +89,6 @@ CREATE TABLE IF NOT EXISTS raw.orders_rejected (
 """
 
 
-class BadExportError(Exception):
-    """An export file that cannot be ingested as it is (permanent: retrying cannot fix it)."""
-
-
-class MissingColumnsError(BadExportError):
-    """A file's header lacks required columns: permanent, fix the export."""
-
-
 @dataclass
 class LoadSummary:
     days: list[dt.date]
@@ -142,38 +131,13 @@ def _header(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list
 
 
 def _column_map(export: DayExport, path: Path, names: Sequence[str], written: Sequence[str]) -> dict[str, str]:
-    """Required column -> DuckDB's name for it (case and surrounding spaces are ignored).
-
-    A required column written twice is ambiguous (which one holds the data?): it fails like a
-    missing one.
-    """
-    positions: dict[str, list[int]] = {}
-    for position, name in enumerate(written):
-        positions.setdefault(name.strip().lstrip("\ufeff").strip().lower(), []).append(position)
-    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
-    twice = [c for c in REQUIRED_COLUMNS if len(positions.get(c, ())) > 1]
-    problems = []
-    if not written:
-        problems.append("the file is empty: it has no header row")
-    elif missing:
-        problems.append(
-            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}"
-        )
-    for column in twice:
-        columns = " and ".join(str(p + 1) for p in positions[column])
-        problems.append(f"required column {column!r} appears more than once (columns {columns})")
-    if problems:
-        raise MissingColumnsError(
-            f"{_display(path)} line 1 (header): {'; '.join(problems)}"
-            f"{'; the header has ' + ', '.join(written) if written else ''}. Fix the export of {export.day} and re-run; "
-            f"nothing of {export.day} was changed."
-        )
-    return {c: names[positions[c][0]] for c in REQUIRED_COLUMNS}
+    """Required column -> DuckDB's name for it (the contract's header rules, export_contract.py)."""
+    positions = required_positions(str(export.day), _display(path), written)
+    return {c: names[p] for c, p in positions.items()}
 
 
 def _display(path: Path) -> str:
-    """How errors name a file: its day folder and name, e.g. dt=2024-03-01/part-7.csv."""
-    return f"{path.parent.name}/{path.name}"
+    return display_name(path.parent.name, path.name)
 
 
 def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) -> dict[Path, tuple[list[str], dict[str, str]]]:
@@ -318,86 +282,22 @@ SELECT file_idx, slot, _record,
 FROM records;
 """
 
-_ISO_TS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
-_DECIMAL = r"[+-]?([0-9]+(\.[0-9]{0,2})?|\.[0-9]{1,2})"
-_INTEGER = r"[+]?[0-9]+"
-
-
-_SPACES_TRIMMED = "trim({}, ' ')"  # ASCII spaces only: see _typed
-
-
-def _typed(column: str, pattern: str, sql_type: str) -> str:
-    """The column's value when its text is of the pattern (surrounding spaces allowed), else NULL.
-
-    DuckDB's casts alone are too lenient ('1.5' -> 2, '1e3', no offset): the pattern decides. The
-    untrimmed text is tried first because trimming costs as much as the match on millions of rows.
-    Only ASCII spaces are trimmed, as the publish's plain cast ignores them and nothing else (plain
-    trim() would also strip a no-break space, which the cast then refuses).
-    """
-    return (
-        f"CASE WHEN regexp_full_match({column}, '{pattern}') THEN TRY_CAST({column} AS {sql_type}) "
-        f"WHEN regexp_full_match({_SPACES_TRIMMED.format(column)}, '{pattern}') "
-        f"THEN TRY_CAST({_SPACES_TRIMMED.format(column)} AS {sql_type}) END"
-    )
-
-
-def _text(column: str) -> str:
-    """The column's text without surrounding spaces, trimming only the values that have them."""
-    return f"CASE WHEN {column} LIKE ' %' OR {column} LIKE '% ' THEN {_SPACES_TRIMMED.format(column)} ELSE {column} END"
-
-
-# The rules of DESIGN.md "The export", column by column: (condition, reason); the first condition
-# that holds names the column's problem. A row breaking several rules lists them all.
-RULES: tuple[tuple[tuple[str, str], ...], ...] = (
-    (("t_order_id IS NULL", "order_id is empty"),),
-    (("t_line_number IS NULL", "line_number is not an integer"), ("t_line_number < 1", "line_number is below 1")),
-    (("t_customer_id IS NULL", "customer_id is empty"),),
-    (("t_product_id IS NULL", "product_id is empty"),),
-    (("t_quantity IS NULL", "quantity is not an integer"), ("t_quantity < 1", "quantity is below 1")),
-    (("t_unit_price IS NULL", "unit_price is not a decimal(18,2)"), ("t_unit_price < 0", "unit_price is negative")),
-    (
-        ("t_discount IS NULL", "discount is not a decimal(18,2)"),
-        ("t_discount < 0", "discount is negative"),
-        ("t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price", "discount exceeds quantity x unit_price"),
-    ),
-    ((f"status IS NULL OR status NOT IN {STATUSES!r}", f"status is not one of {', '.join(STATUSES)}"),),
-    (
-        ("t_ordered_at IS NULL", "ordered_at is not an ISO-8601 timestamp with offset"),
-        ("CAST(timezone('UTC', t_ordered_at) AS DATE) <> dt", "ordered_at is not on the export day (UTC)"),
-    ),
-    (("t_updated_at IS NULL", "updated_at is not an ISO-8601 timestamp with offset"),),
-)
-REJECT_REASONS = tuple(reason for checks in RULES for _, reason in checks) + (MALFORMED_ROW,)
-_RULES_SQL = ",\n".join(
-    "        CASE " + " ".join(f"WHEN {condition} THEN '{reason}'" for condition, reason in checks) + " END"
-    for checks in RULES
-)
-
 # A staged record's physical line: from the line table where the file needed one, else record + 1.
 _LINE = "coalesce(l.line, s._record + 1)"
 _LINE_JOIN = "LEFT JOIN _shopflow_lines l USING (file_idx, _record)"
 
 # Every rule is evaluated once; only the (few) broken records are kept, with all their reasons.
+_TYPED_COLUMNS = ",\n           ".join(DUCKDB.typed_columns("s."))
 _CHECK_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_broken AS
 WITH typed AS (
     SELECT s.file_idx, s._record, f.dt, s.status,
-           nullif({_text("s.order_id")}, '')    AS t_order_id,
-           nullif({_text("s.customer_id")}, '') AS t_customer_id,
-           nullif({_text("s.product_id")}, '')  AS t_product_id,
-           {_typed("s.line_number", _INTEGER, "INTEGER")} AS t_line_number,
-           {_typed("s.quantity", _INTEGER, "INTEGER")} AS t_quantity,
-           {_typed("s.unit_price", _DECIMAL, "DECIMAL(18, 2)")} AS t_unit_price,
-           {_typed("s.discount", _DECIMAL, "DECIMAL(18, 2)")} AS t_discount,
-           {_typed("s.ordered_at", _ISO_TS, "TIMESTAMPTZ")} AS t_ordered_at,
-           {_typed("s.updated_at", _ISO_TS, "TIMESTAMPTZ")} AS t_updated_at
+           {_TYPED_COLUMNS}
     FROM _shopflow_stage s
     JOIN _shopflow_files f USING (file_idx)
 ),
 checked AS (
-    SELECT file_idx, _record, concat_ws('; ',
-{_RULES_SQL}
-    ) AS reason
+    SELECT file_idx, _record, {DUCKDB.reason()} AS reason
     FROM typed
 )
 SELECT * FROM checked WHERE reason <> '';
@@ -410,8 +310,8 @@ _PUBLISH_STATEMENTS = (
     # ignores surrounding spaces) gives the checked value.
     f"""
 INSERT INTO raw.orders
-SELECT f.dt, {_text("s.order_id")}, CAST(s.line_number AS INTEGER), {_text("s.customer_id")},
-       {_text("s.product_id")}, CAST(s.quantity AS INTEGER), CAST(s.unit_price AS DECIMAL(18, 2)),
+SELECT f.dt, {DUCKDB.text("s.order_id")}, CAST(s.line_number AS INTEGER), {DUCKDB.text("s.customer_id")},
+       {DUCKDB.text("s.product_id")}, CAST(s.quantity AS INTEGER), CAST(s.unit_price AS DECIMAL(18, 2)),
        CAST(s.discount AS DECIMAL(18, 2)), s.status, CAST(s.ordered_at AS TIMESTAMPTZ),
        CAST(s.updated_at AS TIMESTAMPTZ), f.name, {_LINE}, $loaded_at, $run_id
 FROM _shopflow_stage s

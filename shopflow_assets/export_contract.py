@@ -1,0 +1,199 @@
+"""The export contract (DESIGN.md "The export"), written once and rendered for each SQL dialect.
+
+Pure Python with no imports beyond the standard library: the DuckDB ingest (orders_loader.py) and
+the Spark ingest (shopflow_jobs/spark_ingest.py, which runs outside the code location) both render
+their checks from the tables below, so the two engines cannot drift apart without the parity test
+saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+REQUIRED_COLUMNS = (
+    "order_id",
+    "line_number",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "discount",
+    "status",
+    "ordered_at",
+    "updated_at",
+)
+STATUSES = ("placed", "shipped", "delivered", "cancelled", "refunded")
+MALFORMED_ROW = "malformed CSV row"  # the reason of a line that is not valid CSV
+
+# What a value's text must look like; the casts alone are too lenient ('1.5' -> 2, '1e3', no offset).
+ISO_TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+DECIMAL_18_2 = r"[+-]?([0-9]+(\.[0-9]{0,2})?|\.[0-9]{1,2})"
+INTEGER = r"[+]?[0-9]+"
+
+# column -> (pattern, logical type) for the typed columns; the others are text.
+TYPED_COLUMNS = {
+    "line_number": (INTEGER, "integer"),
+    "quantity": (INTEGER, "integer"),
+    "unit_price": (DECIMAL_18_2, "money"),
+    "discount": (DECIMAL_18_2, "money"),
+    "ordered_at": (ISO_TIMESTAMP, "timestamp"),
+    "updated_at": (ISO_TIMESTAMP, "timestamp"),
+}
+TEXT_COLUMNS = ("order_id", "customer_id", "product_id")
+
+# The rules, column by column: (condition, reason); the first condition that holds names the
+# column's problem, and a row breaking several rules lists them all. Conditions read the typed
+# values t_<column>, the raw `status` and the day `dt`; {utc_date} is the dialect's UTC date.
+RULES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (("t_order_id IS NULL", "order_id is empty"),),
+    (("t_line_number IS NULL", "line_number is not an integer"), ("t_line_number < 1", "line_number is below 1")),
+    (("t_customer_id IS NULL", "customer_id is empty"),),
+    (("t_product_id IS NULL", "product_id is empty"),),
+    (("t_quantity IS NULL", "quantity is not an integer"), ("t_quantity < 1", "quantity is below 1")),
+    (("t_unit_price IS NULL", "unit_price is not a decimal(18,2)"), ("t_unit_price < 0", "unit_price is negative")),
+    (
+        ("t_discount IS NULL", "discount is not a decimal(18,2)"),
+        ("t_discount < 0", "discount is negative"),
+        ("t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price", "discount exceeds quantity x unit_price"),
+    ),
+    ((f"status IS NULL OR status NOT IN {STATUSES!r}", f"status is not one of {', '.join(STATUSES)}"),),
+    (
+        ("t_ordered_at IS NULL", "ordered_at is not an ISO-8601 timestamp with offset"),
+        ("{utc_date} <> dt", "ordered_at is not on the export day (UTC)"),
+    ),
+    (("t_updated_at IS NULL", "updated_at is not an ISO-8601 timestamp with offset"),),
+)
+REJECT_REASONS = tuple(reason for checks in RULES for _, reason in checks) + (MALFORMED_ROW,)
+
+
+@dataclass(frozen=True)
+class SqlDialect:
+    """How one SQL engine spells what the rules need."""
+
+    name: str
+    types: dict[str, str]  # logical type -> SQL type
+    full_match: Callable[[str, str], str]  # (expression, regular expression) -> boolean
+    utc_date: Callable[[str], str]  # timestamp expression -> its UTC date
+    # Only ASCII spaces are trimmed: DuckDB's plain cast ignores them and nothing else (a plain
+    # trim() would also strip a no-break space, which the cast then refuses).
+    trim_spaces: Callable[[str], str]
+    # The text a timestamp cast understands, from text that matched ISO_TIMESTAMP.
+    timestamp_text: Callable[[str], str] = lambda e: e
+
+    def typed(self, column: str, pattern: str, logical_type: str) -> str:
+        """The column's value when its text is of the pattern (surrounding spaces allowed), else
+        NULL. The untrimmed text is tried first: trimming costs as much as the match."""
+        sql_type = self.types[logical_type]
+        trimmed = self.trim_spaces(column)
+        value = self.timestamp_text if logical_type == "timestamp" else (lambda e: e)
+        return (
+            f"CASE WHEN {self.full_match(column, pattern)} THEN TRY_CAST({value(column)} AS {sql_type}) "
+            f"WHEN {self.full_match(trimmed, pattern)} THEN TRY_CAST({value(trimmed)} AS {sql_type}) END"
+        )
+
+    def text(self, column: str) -> str:
+        """The column's text without surrounding spaces, trimming only the values that have them."""
+        return f"CASE WHEN {column} LIKE ' %' OR {column} LIKE '% ' THEN {self.trim_spaces(column)} ELSE {column} END"
+
+    def typed_columns(self, prefix: str = "") -> list[str]:
+        """`<expr> AS t_<column>` for every column the rules read."""
+        columns = [f"nullif({self.text(prefix + c)}, '') AS t_{c}" for c in TEXT_COLUMNS]
+        columns += [
+            f"{self.typed(prefix + c, pattern, kind)} AS t_{c}" for c, (pattern, kind) in TYPED_COLUMNS.items()
+        ]
+        return columns
+
+    def reason(self) -> str:
+        """Every broken rule of a row, '; '-separated ('' for a valid row), over the t_ columns."""
+        cases = ",\n".join(
+            "CASE "
+            + " ".join(
+                f"WHEN {condition.format(utc_date=self.utc_date('t_ordered_at'))} THEN '{reason}'"
+                for condition, reason in checks
+            )
+            + " END"
+            for checks in RULES
+        )
+        return f"concat_ws('; ',\n{cases})"
+
+
+DUCKDB = SqlDialect(
+    name="duckdb",
+    types={"integer": "INTEGER", "money": "DECIMAL(18, 2)", "timestamp": "TIMESTAMPTZ"},
+    # standard SQL string literals: backslashes are literal
+    full_match=lambda expr, pattern: f"regexp_full_match({expr}, '{pattern}')",
+    utc_date=lambda expr: f"CAST(timezone('UTC', {expr}) AS DATE)",
+    trim_spaces=lambda expr: f"trim({expr}, ' ')",
+)
+
+
+ANCHOR_END = r"\z"
+
+
+def spark_string(text: str) -> str:
+    """A Spark SQL string literal: Spark unescapes backslashes in literals, so they are doubled."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+SPARK = SqlDialect(
+    name="spark",
+    types={"integer": "INT", "money": "DECIMAL(18, 2)", "timestamp": "TIMESTAMP"},
+    # RLIKE finds anywhere: anchor it, with \z (Java's $ also matches before a final newline).
+    full_match=lambda expr, pattern: f"({expr} RLIKE {spark_string('^(?:' + pattern + ')' + ANCHOR_END)})",
+    # The session time zone is UTC (set by the job), so a timestamp's date is its UTC date.
+    utc_date=lambda expr: f"CAST({expr} AS DATE)",
+    trim_spaces=lambda expr: f"trim(BOTH ' ' FROM {expr})",
+    # Spark's cast refuses a lower-case z and a time without seconds, which DuckDB takes.
+    timestamp_text=lambda expr: (
+        f"regexp_replace(upper({expr}), '^([0-9-]{{10}}[T ][0-9]{{2}}:[0-9]{{2}})([^:0-9]|$)', '$1:00$2')"
+    ),
+)
+
+
+class BadExportError(Exception):
+    """An export file that cannot be ingested as it is (permanent: retrying cannot fix it)."""
+
+
+class MissingColumnsError(BadExportError):
+    """A file's header lacks required columns (or has one twice): permanent, fix the export."""
+
+
+def display_name(day_dir: str, name: str) -> str:
+    """How errors name a file: its day folder and name, e.g. dt=2024-03-01/part-7.csv."""
+    return f"{day_dir}/{name}"
+
+
+def header_key(name: str) -> str:
+    """A header name as the contract compares it: case and surrounding spaces (and a BOM) ignored."""
+    return name.strip().lstrip("\ufeff").strip().lower()
+
+
+def required_positions(day: str, file: str, written: Sequence[str]) -> dict[str, int]:
+    """Required column -> its position in the header as written in the file.
+
+    Raises MissingColumnsError naming the file and the columns when one is missing or written
+    twice (which one would hold the data?), or when the file has no header at all.
+    """
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(written):
+        positions.setdefault(header_key(name), []).append(position)
+    missing = [c for c in REQUIRED_COLUMNS if c not in positions]
+    twice = [c for c in REQUIRED_COLUMNS if len(positions.get(c, ())) > 1]
+    problems = []
+    if not written:
+        problems.append("the file is empty: it has no header row")
+    elif missing:
+        problems.append(
+            f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}"
+        )
+    for column in twice:
+        columns = " and ".join(str(p + 1) for p in positions[column])
+        problems.append(f"required column {column!r} appears more than once (columns {columns})")
+    if problems:
+        raise MissingColumnsError(
+            f"{file} line 1 (header): {'; '.join(problems)}"
+            f"{'; the header has ' + ', '.join(written) if written else ''}. Fix the export of {day} and re-run; "
+            f"nothing of {day} was changed."
+        )
+    return {c: positions[c][0] for c in REQUIRED_COLUMNS}
