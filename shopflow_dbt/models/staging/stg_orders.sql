@@ -20,17 +20,17 @@ ranked as (
 )
 
 select
-    cast(dt as date)                  as dt,
-    cast(order_id as varchar)         as order_id,
-    cast(line_number as integer)      as line_number,
-    cast(customer_id as varchar)      as customer_id,
-    cast(product_id as varchar)       as product_id,
-    cast(quantity as integer)         as quantity,
-    cast(unit_price as decimal(18,2)) as unit_price,
-    cast(discount as decimal(18,2))   as discount,
-    cast(status as varchar)           as status,
-    cast(ordered_at as timestamptz)   as ordered_at,
-    cast(updated_at as timestamptz)   as updated_at,
+    cast(dt as date)                              as dt,
+    cast(order_id as {{ dbt.type_string() }})     as order_id,
+    cast(line_number as integer)                  as line_number,
+    cast(customer_id as {{ dbt.type_string() }})  as customer_id,
+    cast(product_id as {{ dbt.type_string() }})   as product_id,
+    cast(quantity as integer)                     as quantity,
+    cast(unit_price as decimal(18,2))             as unit_price,
+    cast(discount as decimal(18,2))               as discount,
+    cast(status as {{ dbt.type_string() }})       as status,
+    cast(ordered_at as {{ type_timestamp_utc() }}) as ordered_at,
+    cast(updated_at as {{ type_timestamp_utc() }}) as updated_at,
     _source_file,
     _source_line
 from ranked
