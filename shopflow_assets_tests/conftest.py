@@ -212,3 +212,21 @@ def slack(slack_server):
         max_retries=3,
         max_retry_after_seconds=2,
     )
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone master and one worker (2 cores, 4g for executors) on 127.0.0.1 on free
+    ports, for the whole session; run applications one at a time. Yields a
+    `spark_cluster.SparkCluster`: `master_url`, `web_url`, `applications()`, `alive_workers()`,
+    `wait_for_application(name)`, `submit(script, name=...)`, `kill_worker()`, `start_worker()`
+    (idempotent: a test that kills the worker restarts it in a `finally`). Stopped at the end, with
+    a check that no process of it remains."""
+    from .spark_cluster import SparkClusterError, start_spark_cluster
+
+    try:
+        cluster = start_spark_cluster(tmp_path_factory.mktemp("spark-cluster"))
+    except SparkClusterError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,79 @@
+"""The suite's Spark standalone cluster (scripts/spark-cluster, the `spark_cluster` fixture): a real
+PySpark application runs on it and the master records it FINISHED; a lost worker can be simulated
+and brought back; stopping leaves no process behind."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+
+from .spark_cluster import start_spark_cluster
+
+COUNT_RANGE = """
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.getOrCreate()
+rows = spark.range(0, 100000, numPartitions=4).count()
+# Python on the executors as well (the venv's interpreter, passed as PYSPARK_PYTHON)
+total = spark.sparkContext.parallelize(range(1, 101), 2).map(lambda x: x * 2).sum()
+print(f"rows={rows} total={total}")
+spark.stop()
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_an_application_runs_on_the_cluster_and_is_listed_finished(spark_cluster, tmp_path):
+    script = tmp_path / "count_range.py"
+    script.write_text(COUNT_RANGE)
+
+    result = spark_cluster.submit(script, name="shopflow-test-count-range", conf={"spark.cores.max": "1"})
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "rows=100000 total=10100" in result.stdout
+    app = spark_cluster.wait_for_application("shopflow-test-count-range", states=("FINISHED",))
+    assert app.id.startswith("app-") and not app.active
+    assert app.raw["cores"] == 1  # spark.cores.max
+    listed = [(a.name, a.id, a.state) for a in spark_cluster.applications()]
+    assert ("shopflow-test-count-range", app.id, "FINISHED") in listed
+    assert spark_cluster.alive_workers() == 1
+
+
+def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_path):
+    other = start_spark_cluster(tmp_path / "cluster")
+    try:
+        assert other.master_url.startswith("spark://127.0.0.1:")
+        assert {other.master_port, other.web_port, other.worker_web_port}.isdisjoint(
+            {spark_cluster.master_port, spark_cluster.web_port, spark_cluster.worker_web_port}
+        )
+        running = other.processes()
+        assert {p.pgid for p in running} == {p.pid for p in running if p.pid == p.pgid}, running
+        assert len({p.pgid for p in running}) == 2, running  # the master's group, the worker's
+
+        other.kill_worker()
+        assert other.alive_workers() == 0
+        assert len({p.pgid for p in other.processes()}) == 1  # the master alone
+
+        other.start_worker()
+        assert other.alive_workers() == 1
+        assert [w["state"] for w in other.page()["workers"]].count("ALIVE") == 1
+    finally:
+        other.stop()  # raises if any of its processes remains
+
+    assert other.processes() == []
+    if shutil.which("ps"):
+        table = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,args="], capture_output=True, text=True).stdout
+        ours = [
+            row for row in table.splitlines()
+            if int(row.split()[1]) in other.process_groups or str(other.directory) in row
+        ]
+        assert ours == []
+    for port in (other.master_port, other.web_port, other.worker_web_port):
+        assert not _listening(port), port
+    # the session's cluster is untouched
+    assert spark_cluster.alive_workers() == 1
