@@ -28,7 +28,8 @@ from benchmarks._data import write_day
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.engines import DuckDBWarehouse
+from shopflow_assets.resources import LandingZone
 from shopflow_assets.settings import Settings
 
 DAY = dt.date(2024, 3, 1)

@@ -147,12 +147,13 @@ def sample_data_main(argv: list[str] | None = None) -> int:
 
 
 def revenue_main(argv: list[str] | None = None) -> int:
-    from shopflow_assets.resources import DuckDBWarehouse
+    from shopflow_assets.engines import warehouse_for
 
-    parser = argparse.ArgumentParser(prog="shopflow-revenue", description="Print analytics.daily_revenue.")
+    parser = argparse.ArgumentParser(
+        prog="shopflow-revenue", description="Print analytics.daily_revenue (of SHOPFLOW_ENGINE's warehouse)."
+    )
     parser.parse_args(argv)
-    warehouse = DuckDBWarehouse(path=str(get_settings().warehouse))
-    with warehouse.connect(read_only=True) as con:
+    with warehouse_for(get_settings()).read() as con:
         con.sql("SELECT * FROM analytics.daily_revenue ORDER BY dt").show(max_rows=1000)
     return 0
 

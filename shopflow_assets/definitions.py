@@ -7,7 +7,8 @@ from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.cli_errors import install_cli_error_hook
 from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.engines import warehouse_for
+from shopflow_assets.resources import LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
 from shopflow_assets.schedules import daily_0200_schedule, shopflow_daily_job
 from shopflow_assets.sensors import (
@@ -39,7 +40,8 @@ defs = Definitions(
     ],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),
-        "warehouse": DuckDBWarehouse(path=str(settings.warehouse), memory_limit=settings.duckdb_memory_limit),
+        # SHOPFLOW_ENGINE picks the warehouse: DuckDB file or Spark cluster (shopflow_assets/engines).
+        "warehouse": warehouse_for(settings),
         "dbt": DbtCliResource(project_dir=shopflow_dbt_project, dbt_executable=dbt_executable()),
         "slack": ShopflowSlack(
             # EnvVar: the UI and the event log show the variable's name, never the token.

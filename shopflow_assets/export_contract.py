@@ -144,9 +144,9 @@ SPARK = SqlDialect(
     # The session time zone is UTC (set by the job), so a timestamp's date is its UTC date.
     utc_date=lambda expr: f"CAST({expr} AS DATE)",
     trim_spaces=lambda expr: f"trim(BOTH ' ' FROM {expr})",
-    # Spark's cast refuses a lower-case z and a time without seconds, which DuckDB takes.
+    # Spark's cast refuses a time without seconds, which DuckDB takes (both refuse a lower-case z).
     timestamp_text=lambda expr: (
-        f"regexp_replace(upper({expr}), '^([0-9-]{{10}}[T ][0-9]{{2}}:[0-9]{{2}})([^:0-9]|$)', '$1:00$2')"
+        f"regexp_replace({expr}, '^([0-9-]{{10}}[T ][0-9]{{2}}:[0-9]{{2}})([^:0-9])', '$1:00$2')"
     ),
 )
 

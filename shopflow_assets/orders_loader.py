@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import duckdb
 
+from shopflow_assets.engines.base import LoadSummary
 from shopflow_assets.resources.landing import DayExport
 
 from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the contract's names)
@@ -87,17 +87,6 @@ CREATE TABLE IF NOT EXISTS raw.orders_rejected (
     _run_id       VARCHAR        NOT NULL
 );
 """
-
-
-@dataclass
-class LoadSummary:
-    days: list[dt.date]
-    files: int = 0
-    bytes: int = 0
-    rows_loaded: int = 0
-    rows_rejected: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    rows_by_day: dict[str, int] = field(default_factory=dict)
 
 
 def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -40,6 +40,9 @@ class Settings:
     retry_delay_seconds: float
     sensor_interval_seconds: int
     duckdb_memory_limit: str
+    engine: str
+    spark_master: str
+    spark_warehouse: Path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -63,6 +66,9 @@ class Settings:
             retry_delay_seconds=_parse_number("SHOPFLOW_RETRY_DELAY_SECONDS", get("SHOPFLOW_RETRY_DELAY_SECONDS", "2"), float),
             sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "10"), int),
             duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
+            engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),
+            spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
+            spark_warehouse=_repo_path(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -70,7 +76,7 @@ class Settings:
             f"Settings(landing_dir={self.landing_dir}, warehouse={self.warehouse}, "
             f"start_date={self.start_date}, sla_timezone={self.sla_timezone}, ui_url={self.ui_url}, "
             f"slack={'token set' if self.slack_bot_token else 'log only'} -> {self.slack_channel}, "
-            f"postgres={'set' if self.pg_url else 'embedded'})"
+            f"postgres={'set' if self.pg_url else 'embedded'}, engine={self.engine})"
         )
 
 
@@ -100,6 +106,31 @@ def _parse_memory_limit(value: str) -> str:
             "e.g. SHOPFLOW_DUCKDB_MEMORY_LIMIT=2GB"
         )
     return value.strip()
+
+
+ENGINES = ("duckdb", "spark")
+
+
+def _parse_engine(value: str) -> str:
+    if value.lower() not in ENGINES:
+        raise SettingsError(
+            f"SHOPFLOW_ENGINE={value!r} is not an engine: use duckdb (the default, one machine) or "
+            "spark (a Spark cluster, see SHOPFLOW_SPARK_MASTER)"
+        )
+    return value.lower()
+
+
+_SPARK_MASTER = re.compile(r"local(\[([0-9]+|\*)\])?|spark://[^\s/:]+(:[0-9]+)?(,[^\s/:]+(:[0-9]+)?)*|yarn|k8s://\S+")
+
+
+def _parse_spark_master(value: str) -> str:
+    """A master URL spark-submit understands (checked here so that a typo fails at load)."""
+    if not _SPARK_MASTER.fullmatch(value):
+        raise SettingsError(
+            f"SHOPFLOW_SPARK_MASTER={value!r} is not a Spark master URL: use spark://host:7077, "
+            "local[2], yarn or k8s://https://host:port"
+        )
+    return value
 
 
 def _parse_date(name: str, value: str) -> dt.date:

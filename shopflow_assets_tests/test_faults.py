@@ -20,7 +20,8 @@ from dagster_dbt import DbtCliResource
 from benchmarks._data import write_day  # a big day written by DuckDB in about a second
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.engines import DuckDBWarehouse
+from shopflow_assets.resources import LandingZone
 
 from .conftest import (
     ALL_ASSETS,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS, BadExportError, load_days
-from shopflow_assets.resources import DuckDBWarehouse
+from shopflow_assets.engines import DuckDBWarehouse
 from shopflow_assets.resources.landing import DayExport
 
 from .conftest import csv_text, failure_messages, line, query, snapshot

@@ -25,16 +25,23 @@ from shopflow_assets.automation import ANY_DAY_EAGER
 from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import DuckDBWarehouse
+from shopflow_assets.engines import Warehouse
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
 from shopflow_assets.run_window import days_of, rerun_command
 
 # The executive dashboard's tables: yesterday's partition by 08:00 (see freshness.py).
 FRESH_BY_0800 = {"fact_sales", "daily_revenue"}
 
-# A dbt failure is transient only when DuckDB could not get the file; anything else (a compilation
-# error, a failed test) fails the same way on every attempt.
-TRANSIENT_DBT_ERRORS = ("Could not set lock", "Conflicting lock", "IO Error")
+# A dbt failure is transient only when DuckDB could not get the file or the Spark cluster was out of
+# reach; anything else (a compilation error, a failed test) fails the same way on every attempt.
+TRANSIENT_DBT_ERRORS = (
+    "Could not set lock",
+    "Conflicting lock",
+    "IO Error",
+    "All masters are unresponsive",
+    "Connection refused",
+    "Master removed our application",
+)
 
 # Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept.
 KEEP_INVOCATION_TARGETS = 10
@@ -89,13 +96,13 @@ def lean(dbt: DbtCliResource) -> DbtCliResource:
     return _DbtCoreBesideThisPython(**{name: getattr(dbt, name) for name in DbtCliResource.model_fields})
 
 
-def partition_vars(days: list[dt.date], warehouse: DuckDBWarehouse) -> dict[str, str]:
-    """dbt vars for the days of the run: the half-open window [min_date, max_date)."""
+def partition_vars(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
+    """dbt vars for the days of the run: the half-open window [min_date, max_date), and where the
+    engine's warehouse is."""
     return {
         "min_date": days[0].isoformat(),
         "max_date": (days[-1] + dt.timedelta(days=1)).isoformat(),
-        "warehouse_path": warehouse.path,
-        "memory_limit": warehouse.memory_limit or "",
+        **warehouse.dbt_vars(),
     }
 
 
@@ -112,7 +119,7 @@ def partition_vars(days: list[dt.date], warehouse: DuckDBWarehouse) -> dict[str,
     retry_policy=TRANSIENT_RETRY_POLICY,
 )
 def shopflow_dbt_models(
-    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse
+    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse
 ) -> Iterator[Any]:
     # A backfill of a range is one run, where context.partition_key raises: use the time window.
     days = days_of(context.partition_time_window)
@@ -120,7 +127,7 @@ def shopflow_dbt_models(
     context.log.info(f"dbt build for [{vars_['min_date']}, {vars_['max_date']})")
     runs_dir = Path(dbt.project_dir) / "target" / "runs"
     invocation = lean(dbt).cli(
-        ["build", "--vars", json.dumps(vars_)],
+        ["build", "--target", warehouse.dbt_target, "--vars", json.dumps(vars_)],
         context=context,
         target_path=runs_dir / context.run_id,
     )
@@ -140,10 +147,10 @@ def shopflow_dbt_models(
         yield event
 
 
-def built_stats(warehouse: DuckDBWarehouse, days: list) -> dict[str, dict[str, Any]]:
+def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, Any]]:
     """Row counts and net revenue of the window just built, per day, as materialization metadata."""
     window = [days[0], days[-1]]
-    with warehouse.connect(read_only=True) as con:
+    with warehouse.read() as con:
         facts = con.execute(
             "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.fact_sales "
             "WHERE dt BETWEEN ? AND ? GROUP BY dt",

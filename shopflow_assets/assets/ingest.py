@@ -1,25 +1,24 @@
-"""`raw/orders`: a day's export, ingested by DuckDB SQL into raw.orders / raw.orders_rejected."""
-
-
-import datetime as dt
+"""`raw/orders`: a day's export, ingested by the engine (DuckDB SQL, or a Spark application) into
+raw.orders / raw.orders_rejected."""
 
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
     Failure,
     MaterializeResult,
-    MetadataValue,
     TableColumn,
     TableSchema,
     asset,
 )
 
 from shopflow_assets.asset_keys import RAW_ORDERS
-from shopflow_assets.orders_loader import REJECT_REASONS, BadExportError, load_days
+from shopflow_assets.engines import Warehouse
+from shopflow_assets.export_contract import BadExportError
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
-from shopflow_assets.resources import DuckDBWarehouse, ExportNotReady, LandingZone, LandingZoneMissing
+from shopflow_assets.resources import ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import days_of, rerun_command
+from shopflow_assets.settings import get_settings
 
 RAW_ORDERS_COLUMNS = (
     ("dt", "DATE", "the export day (UTC), the partition key"),
@@ -49,12 +48,12 @@ WAREHOUSE_POOL = "shopflow_warehouse"
     # A backfill of many days is one run: one pass over the landing zone, one transaction.
     backfill_policy=BackfillPolicy.single_run(),
     group_name="ingest",
-    kinds={"duckdb", "csv"},
+    kinds={get_settings().engine, "csv"},
     pool=WAREHOUSE_POOL,
     retry_policy=TRANSIENT_RETRY_POLICY,
     description=(
         "The order system's export of day D (landing zone orders/dt=D/*.csv[.gz], after _SUCCESS), "
-        "loaded by DuckDB SQL: valid rows in raw.orders, broken rows with their reason in "
+        "loaded by the engine (DuckDB SQL, or a Spark job on SHOPFLOW_ENGINE=spark): valid rows in raw.orders, broken rows with their reason in "
         "raw.orders_rejected. Re-running D replaces exactly D, in one transaction."
     ),
     metadata={
@@ -65,7 +64,7 @@ WAREHOUSE_POOL = "shopflow_warehouse"
     },
 )
 def raw_orders(
-    context: AssetExecutionContext, landing: LandingZone, warehouse: DuckDBWarehouse
+    context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse
 ) -> MaterializeResult:
     days = days_of(context.partition_time_window)
     # The file list is read here, inside the run, never when the definitions load.
@@ -80,33 +79,10 @@ def raw_orders(
         f"{sum(len(e.files) for e in exports)} file(s)"
     )
     try:
-        with warehouse.connect() as con:
-            summary = load_days(
-                con,
-                exports,
-                run_id=context.run_id,
-                loaded_at=dt.datetime.now(dt.timezone.utc),
-                progress=context.log.info,
-            )
+        summary = warehouse.ingest(context, exports)
     except BadExportError as error:  # permanent: retrying cannot fix the file
         raise Failure(
             description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
             allow_retries=False,
         ) from None
-
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": summary.rows_loaded,
-            "rows_loaded": summary.rows_loaded,
-            "rows_rejected": summary.rows_rejected,
-            "files": summary.files,
-            "bytes": summary.bytes,
-            "rejected_by_reason": MetadataValue.json(summary.rejected_by_reason),
-            "rows_by_day": MetadataValue.json(summary.rows_by_day),
-            # one number per rule, 0 included, so that the UI can plot each across days
-            **{
-                f"rejected: {reason}": summary.rejected_by_reason.get(reason, 0)
-                for reason in REJECT_REASONS
-            },
-        }
-    )
+    return MaterializeResult(metadata=summary.metadata())

@@ -1,6 +1,6 @@
-"""Resources: one for each outside system the pipeline talks to."""
+"""Resources: one for each outside system the pipeline talks to. The warehouse, one resource per
+engine, is in shopflow_assets.engines."""
 
 from shopflow_assets.resources.landing import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
-from shopflow_assets.resources.warehouse import DuckDBWarehouse
 
-__all__ = ["DayExport", "DuckDBWarehouse", "ExportNotReady", "LandingZone", "LandingZoneMissing"]
+__all__ = ["DayExport", "ExportNotReady", "LandingZone", "LandingZoneMissing"]

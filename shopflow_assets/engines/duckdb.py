@@ -1,27 +1,37 @@
-"""The DuckDB warehouse file: one writer at a time, readers read-only, every session in UTC."""
+"""The embedded engine: one DuckDB file (`SHOPFLOW_WAREHOUSE`), one writer at a time, readers
+read-only, every session in UTC. The ingest is DuckDB SQL over the files (orders_loader.py), the
+models run on dbt-duckdb."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import duckdb
-from dagster import ConfigurableResource
+from dagster import AssetExecutionContext
 from pydantic import Field
+
+from shopflow_assets.engines.base import LoadSummary, Warehouse
+from shopflow_assets.resources.landing import DayExport
 
 
 class WarehouseLockedError(duckdb.IOException):
     """Another process holds the DuckDB file (DuckDB allows one writer per file)."""
 
 
-class DuckDBWarehouse(ConfigurableResource):
+class DuckDBWarehouse(Warehouse):
     """Connections to the warehouse file (`SHOPFLOW_WAREHOUSE`)."""
 
     path: str = Field(description="Absolute path of the DuckDB warehouse file.")
     memory_limit: str | None = Field(
         default=None, description="DuckDB memory_limit for pipeline sessions, e.g. '2GB'."
     )
+
+    @property
+    def engine(self) -> str:
+        return "duckdb"
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -46,3 +56,23 @@ class DuckDBWarehouse(ConfigurableResource):
             yield con
         finally:
             con.close()
+
+    def ingest(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> LoadSummary:
+        from shopflow_assets.orders_loader import load_days
+
+        with self.connect() as con:
+            return load_days(
+                con,
+                exports,
+                run_id=context.run_id,
+                loaded_at=dt.datetime.now(dt.timezone.utc),
+                progress=context.log.info,
+            )
+
+    def dbt_vars(self) -> dict[str, str]:
+        return {"warehouse_path": self.path, "memory_limit": self.memory_limit or ""}
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect(read_only=True) as con:
+            yield con

@@ -1,0 +1,182 @@
+"""The Spark engine (`SHOPFLOW_ENGINE=spark`): the ingest is a Spark application launched through
+Dagster Pipes (spark-submit, client mode, against `SHOPFLOW_SPARK_MASTER`), the models run on
+dbt-spark, and the tables are Parquet in `SHOPFLOW_SPARK_WAREHOUSE`, Hive-style partitioned by dt.
+
+The run worker only starts the application, waits, streams its log into the run and records what it
+reports; it never holds a row. Nothing here imports pyspark: the code location loads without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+from urllib.parse import urlsplit
+
+import duckdb
+from dagster import AssetExecutionContext, Failure, PipesSubprocessClient
+from pydantic import Field
+
+from shopflow_assets.engines.base import LoadSummary, Warehouse
+from shopflow_assets.export_contract import BadExportError
+from shopflow_assets.resources.landing import DayExport
+from shopflow_assets.settings import REPO_ROOT
+
+SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
+
+# The tables as Spark lays them out under the warehouse (DESIGN.md "Engines"): DuckDB reads them.
+TABLES = {
+    "raw.orders": "raw.db/orders",
+    "raw.orders_rejected": "raw.db/orders_rejected",
+    "analytics.fact_sales": "analytics.db/fact_sales",
+    "analytics.daily_revenue": "analytics.db/daily_revenue",
+}
+
+
+class SparkIngestFailed(RuntimeError):
+    """The Spark application failed for a reason worth another attempt (a lost worker, I/O)."""
+
+
+class SparkWarehouse(Warehouse):
+    """Parquet tables in a Spark warehouse directory, written by jobs on a Spark cluster."""
+
+    master: str = Field(description="Spark master URL (SHOPFLOW_SPARK_MASTER).")
+    warehouse_dir: str = Field(description="Spark's warehouse directory (SHOPFLOW_SPARK_WAREHOUSE).")
+    cores_max: int = Field(default=2, description="spark.cores.max of each application.")
+    executor_memory: str = Field(default="2g", description="spark.executor.memory of the ingest.")
+    executor_timeout_seconds: int = Field(
+        default=60,
+        description="The ingest gives up (transient, retried) after this long without an executor.",
+    )
+
+    @property
+    def engine(self) -> str:
+        return "spark"
+
+    def ingest(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> LoadSummary:
+        self.check_master_reachable()
+        days = [e.day for e in exports]
+        extras = {
+            "days": [{"day": e.day.isoformat(), "files": [str(p) for p in e.files]} for e in exports],
+            "warehouse": self.warehouse_dir,
+            "run_id": context.run_id,
+            "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "executor_timeout_seconds": self.executor_timeout_seconds,
+        }
+        client = PipesSubprocessClient(env=self.job_env(), cwd=str(REPO_ROOT))
+        try:
+            invocation = client.run(context=context, command=self.submit_command(days), extras=extras)
+        # A non-zero exit (Dagster's DagsterPipesExecutionError, not exported): the job died before
+        # it could say why. A cancelled run raises a BaseException, which passes through.
+        except Exception as error:
+            raise SparkIngestFailed(
+                f"The Spark ingest of {days[0]}..{days[-1]} ended without a verdict ({error}); "
+                "its log is in the run's stderr. Retried."
+            ) from None
+        verdicts = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "verdict" in m]
+        verdict = verdicts[-1] if verdicts else {"verdict": "failed", "error": "the job reported nothing"}
+        if verdict["verdict"] == "bad_export":
+            raise BadExportError(verdict["error"])
+        if verdict["verdict"] != "loaded":
+            raise SparkIngestFailed(f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}")
+        summary = verdict["summary"]
+        return LoadSummary(
+            days=days,
+            files=summary["files"],
+            bytes=summary["bytes"],
+            rows_loaded=sum(summary["rows_by_day"].values()),
+            rows_rejected=summary["rows_rejected"],
+            rejected_by_reason=summary["rejected_by_reason"],
+            rows_by_day=summary["rows_by_day"],
+        )
+
+    def check_master_reachable(self, timeout_seconds: float = 5) -> None:
+        """A standalone master that does not answer fails the step at once (transient, retried)
+        instead of after Spark's own three 20-second registration attempts."""
+        if not self.master.startswith("spark://"):
+            return
+        for hostport in self.master[len("spark://") :].split(","):
+            address = urlsplit(f"spark://{hostport}")
+            try:
+                socket.create_connection((address.hostname, address.port or 7077), timeout_seconds).close()
+                return
+            except OSError as error:
+                reason = error
+        raise SparkIngestFailed(
+            f"The Spark master {self.master} is unreachable ({reason}): start it or fix "
+            "SHOPFLOW_SPARK_MASTER. Retried."
+        )
+
+    def spark_conf(self) -> dict[str, str]:
+        return {
+            "spark.cores.max": str(self.cores_max),
+            "spark.executor.memory": self.executor_memory,
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+            # One partition per file: a line's index in its partition is its line (see the job).
+            "spark.sql.files.maxPartitionBytes": str(1 << 40),
+            "spark.sql.warehouse.dir": self.warehouse_dir,
+            "spark.sql.catalogImplementation": "in-memory",  # the ingest writes paths, not the metastore
+            "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+            "spark.ui.showConsoleProgress": "false",
+        }
+
+    def submit_command(self, days: list[dt.date]) -> list[str]:
+        command = [str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
+        command += ["--name", f"shopflow-ingest {days[0]}..{days[-1]}"]
+        for key, value in self.spark_conf().items():
+            command += ["--conf", f"{key}={value}"]
+        return command + [str(SPARK_INGEST_JOB)]
+
+    def job_env(self) -> dict[str, str]:
+        """The driver runs this interpreter (it has pyspark and dagster-pipes) and finds
+        shopflow_assets.export_contract, the rules it renders, on the path."""
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        return {
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PYTHONPATH": path,
+            "SPARK_HOME": str(spark_home()),
+        }
+
+    def dbt_vars(self) -> dict[str, str]:
+        return {"spark_warehouse": self.warehouse_dir, "spark_master": self.master}
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB over the Parquet tables: a table with no file yet is not there (as in a new
+        DuckDB warehouse). Reads what is published; Spark is not needed to read it."""
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS analytics")
+            for table, folder in TABLES.items():
+                files = f"{self.warehouse_dir}/{folder}/dt=*/*.parquet"
+                if not any(Path(self.warehouse_dir, folder).glob("dt=*/*.parquet")):
+                    continue
+                con.execute(  # a view cannot take parameters: the path is a quoted literal
+                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{files.replace(chr(39), chr(39) * 2)}', "
+                    "hive_partitioning = true, hive_types = {'dt': DATE}, union_by_name = true)"
+                )
+            yield con
+        finally:
+            con.close()
+
+
+def spark_home() -> Path:
+    """SPARK_HOME, or the Spark that the pip pyspark ships (found without importing pyspark)."""
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"])
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.submodule_search_locations:
+        raise Failure(  # a setup to fix, not a fault to retry
+            description="SHOPFLOW_ENGINE=spark needs Spark: install the spark extra "
+            "(pip install -e '.[spark]') or set SPARK_HOME.",
+            allow_retries=False,
+        )
+    return Path(list(spec.submodule_search_locations)[0])
