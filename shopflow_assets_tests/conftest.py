@@ -27,7 +27,8 @@ from shopflow_assets.assets import raw_orders, shopflow_dbt_models
 from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import DuckDBWarehouse, LandingZone
+from shopflow_assets.engines import DuckDBWarehouse
+from shopflow_assets.resources import LandingZone
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's dagster, dagster-daemon, dg, ... (activated or not)
