@@ -17,6 +17,9 @@ import sys
 
 # Short retry delays for the suite (the default base is 2 s); set before shopflow_assets is imported.
 os.environ.setdefault("SHOPFLOW_RETRY_DELAY_SECONDS", "0.5")
+# Spark drivers and executors of the tests talk over loopback only (the machine's name may resolve
+# to another interface).
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 import duckdb  # noqa: E402
 import pytest  # noqa: E402

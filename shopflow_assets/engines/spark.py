@@ -160,8 +160,9 @@ class SparkWarehouse(Warehouse):
                 if not any(Path(self.warehouse_dir, folder).glob("dt=*/*.parquet")):
                     continue
                 con.execute(  # a view cannot take parameters: the path is a quoted literal
-                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{files.replace(chr(39), chr(39) * 2)}', "
-                    "hive_partitioning = true, hive_types = {'dt': DATE}, union_by_name = true)"
+                    f"CREATE VIEW {table} AS SELECT dt, * EXCLUDE (dt) FROM read_parquet("
+                    f"'{files.replace(chr(39), chr(39) * 2)}', hive_partitioning = true, "
+                    "hive_types = {'dt': DATE}, union_by_name = true)"
                 )
             yield con
         finally:
