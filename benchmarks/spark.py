@@ -1,0 +1,118 @@
+"""Benchmark 7: raw/orders on Spark for one big day (default 20,000,000 order lines in 8 files,
+about 2 GB of CSV) on a local standalone cluster (one master, one worker, 2 cores), against bare
+Spark on the same files in the same run (spark-submit of `read.csv` with the schema -> Parquet), and
+against the DuckDB engine on the same files. Target: raw/orders on Spark <= 2x bare Spark.
+
+    .venv/bin/python -m benchmarks.spark [--lines 20000000] [--files 8] [--master spark://host:7077]
+
+Without --master it starts a cluster with scripts/spark-cluster on free ports and stops it after.
+Both Spark figures include the application's start (spark-submit to exit, or step start to
+materialization); the bare job is run before and after ours and the best is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dagster import DagsterEventType, DagsterInstance, materialize
+
+from benchmarks._data import REPO_ROOT, write_day
+from shopflow_assets.assets import raw_orders
+from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse
+from shopflow_assets.engines.spark import spark_home
+from shopflow_assets.resources import LandingZone
+
+DAY = dt.date(2024, 3, 1)
+
+BARE_JOB = """
+import sys
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+schema = ("order_id STRING, line_number INT, customer_id STRING, product_id STRING, quantity INT, "
+          "unit_price DECIMAL(18,2), discount DECIMAL(18,2), status STRING, ordered_at TIMESTAMP, "
+          "updated_at TIMESTAMP")
+spark.read.csv(sys.argv[2:], header=True, schema=schema).write.mode("overwrite").parquet(sys.argv[1])
+spark.stop()
+"""
+
+
+def bare_spark(master: str, files: list[Path], out: Path, conf: dict[str, str]) -> float:
+    job = out.parent / "bare_job.py"
+    job.write_text(BARE_JOB)
+    command = [str(spark_home() / "bin" / "spark-submit"), "--master", master, "--name", "bare-spark-csv-to-parquet"]
+    for key, value in conf.items():
+        command += ["--conf", f"{key}={value}"]
+    started = time.perf_counter()
+    subprocess.run([*command, str(job), str(out), *map(str, files)], check=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    return time.perf_counter() - started
+
+
+def pipeline(landing: Path, warehouse) -> tuple[float, int]:
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [raw_orders],
+            partition_key=str(DAY),
+            instance=instance,
+            resources={"landing": LandingZone(root=str(landing)), "warehouse": warehouse},
+        )
+        logs = instance.all_logs(result.run_id)
+        start = next(e.timestamp for e in logs if e.dagster_event_type == DagsterEventType.STEP_START)
+        done = next(e.timestamp for e in logs if e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION)
+        loaded = result.asset_materializations_for_node("raw__orders")[0].metadata["rows_loaded"].value
+    return done - start, loaded
+
+
+def start_cluster(directory: Path) -> str:
+    out = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "spark-cluster"), "start", "--dir", str(directory)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=20_000_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--master", default=None, help="a running master; default: start a local cluster")
+    args = parser.parse_args()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    with tempfile.TemporaryDirectory(dir=REPO_ROOT / "data" if (REPO_ROOT / "data").is_dir() else None) as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        files = write_day(root / "landing", DAY, args.lines, files=args.files)
+        size = sum(f.stat().st_size for f in files)
+        print(f"wrote {args.lines:,} lines in {len(files)} files, {size / 1e9:.2f} GB, in {time.perf_counter() - started:.0f} s", flush=True)
+        master = args.master or start_cluster(root / "cluster")
+        spark = SparkWarehouse(master=master, warehouse_dir=str(root / "spark-warehouse"))
+        conf = {k: v for k, v in spark.spark_conf().items() if k != "spark.sql.files.maxPartitionBytes"}
+        try:
+            bare = bare_spark(master, files, root / "bare-1", conf)
+            print(f"bare Spark: {bare:.1f} s", flush=True)
+            ours, loaded = pipeline(root / "landing", spark)
+            print(f"raw/orders on Spark: {ours:.1f} s ({loaded:,} rows)", flush=True)
+            bare_again = bare_spark(master, files, root / "bare-2", conf)
+            print(f"bare Spark again: {bare_again:.1f} s", flush=True)
+            duck, duck_loaded = pipeline(root / "landing", DuckDBWarehouse(path=str(root / "w.duckdb"), memory_limit="4GB"))
+            print(f"raw/orders on DuckDB: {duck:.1f} s ({duck_loaded:,} rows)", flush=True)
+        finally:
+            if not args.master:
+                subprocess.run([str(REPO_ROOT / "scripts" / "spark-cluster"), "stop", "--dir", str(root / "cluster")], check=False)
+    baseline = min(bare, bare_again)
+    print(f"lines {args.lines:,}  files {len(files)}  CSV {size / 1e9:.2f} GB  loaded {loaded:,} (DuckDB {duck_loaded:,})")
+    print(f"bare Spark read.csv(schema) -> Parquet: {baseline:.1f} s (runs: {bare:.1f}, {bare_again:.1f})")
+    print(f"raw/orders on Spark, step start -> materialization: {ours:.1f} s")
+    print(f"raw/orders on DuckDB, same files: {duck:.1f} s")
+    print(f"ratio Spark ingest / bare Spark: {ours / baseline:.2f}x  (target <= 2x)")
+    print(f"ratio Spark ingest / DuckDB ingest: {ours / duck:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
