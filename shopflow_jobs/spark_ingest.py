@@ -451,7 +451,8 @@ class ExecutorWatchdog:
                 return  # the context is stopping
 
     def start(self) -> None:
-        self._thread.start()
+        if not self.sc.master.startswith("local"):  # in local mode the driver is the executor
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
