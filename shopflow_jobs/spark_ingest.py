@@ -221,11 +221,10 @@ def files_with_multiline_records(spark: SparkSession, files: list[ExportFile]) -
             file_lines(spark, f)
             .where(F.col("value").contains('"') & F.col("value").rlike(OPENS_QUOTE))
             .select(F.lit(f.idx).alias("file_idx"))
-            .limit(1)
             for f in files
         ],
     )
-    return {row.file_idx for row in opens.collect()}
+    return {row.file_idx for row in opens.distinct().collect()}  # one job over every file
 
 
 def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
@@ -280,7 +279,10 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multil
     schema = ", ".join(f"c{i} STRING" for i in range(n))
     fields = F.from_csv(F.col("record"), schema, {"quote": '"', "escape": '"', "mode": "PERMISSIVE"})
     names = [name.lstrip("\ufeff") for name in header]
-    field_count = F.size(F.split(F.regexp_replace("record", LEADING_QUOTED_FIELD, ""), ",", -1))
+    # Fields = delimiters outside quoted fields + 1; only records with a quote need the regex.
+    field_count = F.when(
+        F.col("record").contains('"'), F.size(F.split(F.regexp_replace("record", LEADING_QUOTED_FIELD, ""), ",", -1))
+    ).otherwise(F.length("record") - F.length(F.regexp_replace("record", ",", "")) + 1)
     first_invalid = F.coalesce(
         *[F.when(~F.expr(f"is_valid_utf8(fields.c{i})"), F.lit(names[i])) for i in range(n)], F.lit(names[0])
     )
