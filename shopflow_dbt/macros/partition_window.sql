@@ -1,6 +1,29 @@
 {#- The rows of the partition window being built: [var('min_date'), var('max_date')). -#}
 {% macro partition_window(column='dt') -%}
-    {{ column }} >= cast('{{ var("min_date") }}' as date) and {{ column }} < cast('{{ var("max_date") }}' as date)
+    {%- set min_date, max_date = partition_window_bounds() -%}
+    {{ column }} >= cast('{{ min_date }}' as date) and {{ column }} < cast('{{ max_date }}' as date)
+{%- endmacro %}
+
+{#- The window's bounds as YYYY-MM-DD strings, checked here: Spark (dbt-spark turns ANSI mode off)
+    would cast a malformed date to NULL and silently build an empty window. -#}
+{% macro partition_window_bounds() -%}
+    {%- set bounds = [] -%}
+    {%- for name in ['min_date', 'max_date'] -%}
+        {%- set value = var(name) | string -%}
+        {%- set ymd = modules.re.fullmatch('([0-9]{4})-([0-9]{2})-([0-9]{2})', value) -%}
+        {%- set y, m, d = (ymd.groups() | map('int') | list) if ymd else (0, 0, 0) -%}
+        {%- set valid = y >= 1 and 1 <= m <= 12 and 1 <= d <= 28 -%}
+        {%- if y >= 1 and 1 <= m <= 11 and d > 28 -%}
+            {%- set valid = d <= (modules.datetime.date(y, m + 1, 1) - modules.datetime.date(y, m, 1)).days -%}
+        {%- elif y >= 1 and m == 12 -%}
+            {%- set valid = 1 <= d <= 31 -%}
+        {%- endif -%}
+        {%- if not valid -%}
+            {%- do exceptions.raise_compiler_error('var ' ~ name ~ ' must be a date YYYY-MM-DD, got ' ~ value) -%}
+        {%- endif -%}
+        {%- do bounds.append(value) -%}
+    {%- endfor -%}
+    {{ return(bounds) }}
 {%- endmacro %}
 
 {#- Pre-hook of the incremental marts: empty the window first, so that a day whose rebuild is
@@ -26,7 +49,7 @@
     Spark's DROP PARTITION takes equality only, one spec per day, all in one statement. -#}
 {% macro spark__clear_partition_window(column) -%}
     {%- if execute and is_incremental() -%}
-        {%- set lo, hi = var('min_date') | string, var('max_date') | string -%}
+        {%- set lo, hi = partition_window_bounds() -%}
         {%- set days = [] -%}
         {%- for row in run_query('show partitions ' ~ this) -%}
             {#- one partition column: `dt=YYYY-MM-DD` -#}
