@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from shopflow_assets.run_window import rerun_command
 
-# "dagster._core.definitions.events.Failure: text" -> "text"
+# "some.module.SomeError: text" or "Failure: text" -> "text" (the class name is noise in an alert)
 _EXCEPTION_PREFIX = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Failure|Interrupt)\w*:\s*")
 MAX_ERROR_CHARS = 400
 

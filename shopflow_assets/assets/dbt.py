@@ -6,7 +6,6 @@ import json
 import shutil
 import sys
 from decimal import Decimal
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -17,7 +16,6 @@ from dagster_dbt import (
     DbtCliResource,
     dbt_assets,
 )
-from dagster_dbt.compat import DBT_PYTHON_VERSION
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.assets.ingest import WAREHOUSE_POOL
@@ -71,31 +69,6 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else "dbt"
 
 
-class _DbtCoreBesideThisPython(DbtCliResource):
-    """The dbt resource minus two start-up costs of every dbt step that this code location does
-    not use (about 5 s of a daemon-launched dbt run on 2 busy cores, benchmarks/latency.py):
-    `dbt --version` in a subprocess (the dbt beside this interpreter is the dbt-core imported
-    here) and a dbt adapter built inside the step (dagster-dbt uses it only for column metadata
-    and row counts, which this code location computes itself, see built_stats). Overrides of
-    dagster-dbt internals: if they are renamed, dagster-dbt simply does both again."""
-
-    @cached_property
-    def _cli_version(self):
-        return DBT_PYTHON_VERSION
-
-    def _initialize_dbt_core_adapter(self, args):
-        return None
-
-
-def lean(dbt: DbtCliResource) -> DbtCliResource:
-    """The same dbt settings without the start-up costs above, when dbt is the dbt-core of this
-    venv (not a dbt found on PATH, which could be another version or dbt Fusion)."""
-    beside = Path(sys.executable).parent / "dbt"
-    if type(dbt) is not DbtCliResource or DBT_PYTHON_VERSION is None or dbt.dbt_executable != str(beside):
-        return dbt
-    return _DbtCoreBesideThisPython(**{name: getattr(dbt, name) for name in DbtCliResource.model_fields})
-
-
 def partition_vars(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
     """dbt vars for the days of the run: the half-open window [min_date, max_date), and where the
     engine's warehouse is."""
@@ -126,7 +99,7 @@ def shopflow_dbt_models(
     vars_ = partition_vars(days, warehouse)
     context.log.info(f"dbt build for [{vars_['min_date']}, {vars_['max_date']})")
     runs_dir = Path(dbt.project_dir) / "target" / "runs"
-    invocation = lean(dbt).cli(
+    invocation = dbt.cli(
         ["build", "--target", warehouse.dbt_target, "--vars", json.dumps(vars_)],
         context=context,
         target_path=runs_dir / context.run_id,
