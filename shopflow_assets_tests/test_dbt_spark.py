@@ -8,7 +8,6 @@ dbt registers them (on-run-start) and builds the marts; DuckDB reads the marts' 
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import random
@@ -23,14 +22,6 @@ import pytest
 from shopflow_assets.cli import write_day
 
 from .conftest import BIN, REPO_ROOT, failure_messages, query
-
-pytestmark = [
-    pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java 17+"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("pyspark") is None or importlib.util.find_spec("dbt.adapters.spark") is None,
-        reason="needs the spark extra (pyspark, dbt-spark[session])",
-    ),
-]
 
 DBT_PROJECT = REPO_ROOT / "shopflow_dbt"
 DAY1, DAY2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
