@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster for the tests: Debian's initdb/pg_ctl, loopback only, trust auth."""
+"""A throwaway PostgreSQL cluster for the tests: Debian's initdb/pg_ctl, loopback only, trust auth;
+and a DAGSTER_HOME holding the production instance file, deploy/dagster.yaml, that stores in it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+DEPLOY_INSTANCE_FILE = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+
+
+def production_dagster_home(home: Path) -> Path:
+    """`home` made a DAGSTER_HOME as the README's production section makes one: a copy of
+    deploy/dagster.yaml, whose storage is the Postgres at $DAGSTER_PG_URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEPLOY_INSTANCE_FILE, home / "dagster.yaml")
+    return home
 
 
 def pg_bin(name: str) -> str:
@@ -35,9 +46,9 @@ class PostgresCluster:
     directory: Path
     port: int
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://dagster@127.0.0.1:{self.port}/dagster"
+    def url(self, database: str = "dagster") -> str:
+        """A DAGSTER_PG_URL of the contract's plain form (psycopg2 under SQLAlchemy 2.0)."""
+        return f"postgresql://dagster@127.0.0.1:{self.port}/{database}"
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(

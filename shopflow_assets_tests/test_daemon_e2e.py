@@ -1,5 +1,6 @@
 """End to end with nobody at the keyboard: a throwaway Postgres cluster as instance storage, a real
-`dagster-daemon` on the repository's dagster.yaml and workspace.yaml, and a stand-in Slack server.
+`dagster-daemon` on the production instance file (deploy/dagster.yaml copied into DAGSTER_HOME, as
+the README says) and workspace.yaml, and a stand-in Slack server.
 An export lands; the export sensor, the automation sensor and the READY sensor do the rest."""
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter, serialize_value
+from dagster_postgres import PostgresRunStorage
 
 from .conftest import BIN, REPO_ROOT, SLACK_TOKEN, command_env, csv_text, line, query
-from .postgres_cluster import pg_bin, start_cluster
+from .postgres_cluster import pg_bin, production_dagster_home, start_cluster
 
 KEYS = {
     "raw/orders": AssetKey(["raw", "orders"]),
@@ -37,9 +39,7 @@ def postgres():
 
 @pytest.fixture
 def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    home = production_dagster_home(tmp_path / "dagster_home")
     # a fresh database per test, so that counts start at zero
     database = f"dagster_{tmp_path.name[-20:].lower().replace('-', '_')}"
     subprocess.run(
@@ -51,30 +51,35 @@ def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatc
         landing,
         warehouse_path,
         DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=f"postgresql://dagster@127.0.0.1:{postgres.port}/{database}",
+        DAGSTER_PG_URL=postgres.url(database),
         SLACK_BOT_TOKEN=SLACK_TOKEN,
         SHOPFLOW_SLACK_API_URL=slack_server.api_url,
         SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
     )
     for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
         monkeypatch.setenv(key, env[key])
-    log = open(tmp_path / "daemon.log", "w")
-    process = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    with DagsterInstance.get() as instance:
-        yield instance
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
+    with DagsterInstance.get() as instance:  # creates the tables
+        assert isinstance(instance.run_storage, PostgresRunStorage)  # deploy/dagster.yaml's storage
+        # what the daemon hands to each run's process names the variable, not the URL
+        assert env["DAGSTER_PG_URL"] not in serialize_value(instance.get_ref())
+        log = open(tmp_path / "daemon.log", "w")
+        process = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield instance
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            log.close()
 
 
 def materializations(instance: DagsterInstance, day: str) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""The code location loads fast: importing it touches no landing file and runs no dbt command."""
+"""The code location loads fast: importing it touches no landing file and runs no dbt command. The
+two instance files, dagster.yaml (local) and deploy/dagster.yaml (production), differ only by storage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 import subprocess
 import sys
 
-from dagster import AssetKey
+import pytest
+import sqlalchemy
+import yaml
+from dagster import AssetKey, DagsterInstance, QueuedRunCoordinator
 
 from shopflow_assets.definitions import defs
 from shopflow_assets.settings import Settings, SettingsError
@@ -87,3 +91,34 @@ def test_settings_defaults_and_clear_errors():
 def test_token_is_not_in_the_settings_repr():
     settings = Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-secret", "DAGSTER_PG_URL": "postgresql://u:pw@h/db"})
     assert "xoxb-secret" not in repr(settings) and "pw" not in repr(settings)
+
+
+def instance_file(path) -> dict:
+    return yaml.safe_load((REPO_ROOT / path).read_text())
+
+
+def test_the_production_instance_file_is_the_local_one_plus_postgres_storage():
+    local, production = instance_file("dagster.yaml"), instance_file("deploy/dagster.yaml")
+    assert "storage" not in local and "instance_class" not in local  # Dagster's embedded storage
+    # Dagster's own postgres storage, its URL read from the environment by Dagster (`env:`)
+    assert production.pop("storage") == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    assert production == local, "deploy/dagster.yaml and dagster.yaml differ in more than `storage`"
+
+
+def test_the_local_instance_file_makes_an_embedded_instance(tmp_path, monkeypatch):
+    (tmp_path / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql://u:pw@127.0.0.1:1/db")  # read by deploy/ only
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert type(instance) is DagsterInstance
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.run_monitoring_enabled
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw@h:5432/db", "postgresql+psycopg2://u:pw@h:5432/db"])
+def test_both_postgres_url_forms_use_psycopg2(url):
+    """dagster-postgres works on psycopg2 only (on psycopg 3 the webserver's connections close as
+    they open): the contract's plain postgresql:// must keep meaning psycopg2 (SQLAlchemy 2.1 would
+    make it psycopg 3; pyproject.toml keeps 2.0)."""
+    assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg2"
