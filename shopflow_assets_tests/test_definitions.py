@@ -122,3 +122,20 @@ def test_both_postgres_url_forms_use_psycopg2(url):
     they open): the contract's plain postgresql:// must keep meaning psycopg2 (SQLAlchemy 2.1 would
     make it psycopg 3; pyproject.toml keeps 2.0)."""
     assert sqlalchemy.engine.make_url(url).get_dialect().driver == "psycopg2"
+
+
+@pytest.mark.parametrize("engine, resource", [("duckdb", "DuckDBWarehouse"), ("spark", "SparkWarehouse")])
+def test_the_engine_swaps_the_warehouse_resource_and_never_imports_pyspark(engine, resource):
+    """SHOPFLOW_ENGINE picks the warehouse resource; the assets and their keys stay the same, and
+    the code location loads without pyspark (the Spark engine launches jobs, it imports no Spark)."""
+    script = (
+        "import sys, shopflow_assets.definitions as d\n"
+        "w = d.defs.resources['warehouse']\n"
+        "keys = sorted(k.to_user_string() for k in d.defs.resolve_asset_graph().get_all_asset_keys())\n"
+        "print(type(w).__name__, w.dbt_target, 'pyspark' in sys.modules, keys)\n"
+    )
+    env = {**os.environ, "SHOPFLOW_ENGINE": engine}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    name, target, imported, keys = out.split(" ", 3)
+    assert (name, target, imported) == (resource, engine, "False")
+    assert keys.strip() == "['daily_revenue', 'fact_sales', 'raw/orders']"

@@ -45,6 +45,8 @@ def test_a_day_outside_the_partitions(env, partition):
     [
         ("SHOPFLOW_START_DATE", "2024/01/01", "shopflow_daily: SHOPFLOW_START_DATE='2024/01/01' is not a date: set it as YYYY-MM-DD, e.g. SHOPFLOW_START_DATE=2024-01-01"),
         ("SHOPFLOW_SLA_TIMEZONE", "CEST", "shopflow_daily: SHOPFLOW_SLA_TIMEZONE='CEST' is not an IANA timezone: use a name such as UTC or Europe/Berlin"),
+        ("SHOPFLOW_ENGINE", "sparc", "shopflow_daily: SHOPFLOW_ENGINE='sparc' is not an engine: use duckdb (the default, one machine) or spark (a Spark cluster, see SHOPFLOW_SPARK_MASTER)"),
+        ("SHOPFLOW_SPARK_MASTER", "127.0.0.1:7077", "shopflow_daily: SHOPFLOW_SPARK_MASTER='127.0.0.1:7077' is not a Spark master URL: use spark://host:7077, local[2], yarn or k8s://https://host:port"),
     ],
 )
 def test_a_malformed_setting(env, variable, value, expected):
