@@ -408,7 +408,15 @@ class HadoopFiles:
             raise OSError(f"could not move {source} to {target}")
 
     def delete_leftovers(self) -> None:
-        self.delete(f"{self.warehouse}/_staging")
+        """The staging folders of runs that died. One killed between a publish's two renames left a
+        day's partition moved aside and none in its place: that one goes back first, as it was."""
+        staging = f"{self.warehouse}/_staging"
+        for aside in self.fs.globStatus(self._Path(f"{hadoop_path(staging)}/*/replaced/*/dt=*")) or []:
+            path = aside.getPath()
+            live = f"{self.warehouse}/{RAW_DB}/{path.getParent().getName()}/{path.getName()}"
+            if not self.exists(live):
+                self.move(path.toString(), live)
+        self.delete(staging)
 
     def publish(self, stage: str, days: list[str]) -> None:
         """Each day's partition of each table swapped for the staged one: a reader sees the old day,

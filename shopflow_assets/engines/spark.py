@@ -13,13 +13,14 @@ import datetime as dt
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 import duckdb
-from dagster import AssetExecutionContext, Failure, PipesSubprocessClient
+from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, Failure, PipesSubprocessClient
 from pydantic import Field
 
 from shopflow_assets.engines.base import LoadSummary, Warehouse
@@ -71,8 +72,18 @@ class SparkWarehouse(Warehouse):
         client = PipesSubprocessClient(env=self.job_env(), cwd=str(REPO_ROOT))
         try:
             invocation = client.run(context=context, command=self.submit_command(days), extras=extras)
+        # A cancelled run (or Ctrl-C) interrupts the wait; the client has sent spark-submit SIGINT,
+        # which stops the application (or gave up waiting for it). Dagster would retry an interrupted
+        # step under its retry policy, starting the application again in a run being cancelled:
+        # fail the step instead, not retried (a run being cancelled then ends CANCELED).
+        except (DagsterExecutionInterruptedError, subprocess.TimeoutExpired):
+            raise Failure(
+                description=f"The Spark ingest of {days[0]}..{days[-1]} was interrupted (the run was "
+                "cancelled): its application was stopped. Not retried; re-run the day(s) to load them.",
+                allow_retries=False,
+            ) from None
         # A non-zero exit (Dagster's DagsterPipesExecutionError, not exported): the job died before
-        # it could say why. A cancelled run raises a BaseException, which passes through.
+        # it could say why.
         except Exception as error:
             raise SparkIngestFailed(
                 f"The Spark ingest of {days[0]}..{days[-1]} ended without a verdict ({error}); "
