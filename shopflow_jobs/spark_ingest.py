@@ -208,6 +208,7 @@ def file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     return lines.select(
         (F.monotonically_increasing_id() + 1).alias("line"),
         F.when(value.endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(value).alias("value"),
+        value.alias("raw"),  # as written: a CR inside a quoted field is data
     )
 
 
@@ -244,19 +245,19 @@ def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
     in_file = Window.orderBy("line")
     so_far = in_file.rowsBetween(Window.unboundedPreceding, 0)
     classified = lines.select(
-        "line", "value", resets.alias("resets"), ends_inside_from_outside.alias("reset_to_inside"),
+        "line", "value", "raw", resets.alias("resets"), ends_inside_from_outside.alias("reset_to_inside"),
         F.sum(toggles.cast("int")).over(so_far).alias("toggles_so_far"),
     )
     last_reset = F.last(
         F.when(F.col("resets"), F.struct("toggles_so_far", "reset_to_inside")), ignorenulls=True
     ).over(so_far)
     inside_after = classified.select(
-        "line", "value",
+        "line", "value", "raw",
         (
             F.coalesce(last_reset["reset_to_inside"], F.lit(False)).cast("int")
             + F.col("toggles_so_far") - F.coalesce(last_reset["toggles_so_far"], F.lit(0))
         ).alias("flips"),
-    ).select("line", "value", (F.col("flips") % 2 == 1).alias("inside_after"))
+    ).select("line", "value", "raw", (F.col("flips") % 2 == 1).alias("inside_after"))
     starts = inside_after.withColumn(
         "starts", ~F.coalesce(F.lag("inside_after").over(in_file), F.lit(False))
     )
@@ -266,8 +267,12 @@ def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
     )
     joined = grouped.groupBy("record_line").agg(
         F.array_join(
-            F.transform(F.array_sort(F.collect_list(F.struct("line", "value"))), lambda x: x["value"]), "\n"
-        ).alias("record")
+            F.transform(F.array_sort(F.collect_list(F.struct("line", "raw"))), lambda x: x["raw"]), "\n"
+        ).alias("raw_record")
+    ).select(
+        "record_line",  # the record's own line end (CRLF) is not data; a CR inside its quotes is
+        F.when(F.col("raw_record").endswith("\r"), F.expr("substring(raw_record, 1, length(raw_record) - 1)"))
+        .otherwise(F.col("raw_record")).alias("record"),
     )
     return joined.where(F.col("record") != "").select(F.col("record_line").alias("line"), "record")
 
