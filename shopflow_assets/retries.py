@@ -5,7 +5,10 @@ faults raise `Failure(allow_retries=False)` and are never retried. Retrying is s
 step replaces exactly its partition window in one transaction.
 """
 
-from dagster import Backoff, Jitter, RetryPolicy
+import contextlib
+from typing import Iterator
+
+from dagster import Backoff, DagsterExecutionInterruptedError, Failure, Jitter, RetryPolicy
 
 from shopflow_assets.settings import get_settings
 
@@ -15,3 +18,17 @@ TRANSIENT_RETRY_POLICY = RetryPolicy(
     backoff=Backoff.EXPONENTIAL,
     jitter=Jitter.PLUS_MINUS,
 )
+
+
+@contextlib.contextmanager
+def not_retried_when_cancelled(what: str) -> Iterator[None]:
+    """A cancelled run interrupts its step, and Dagster retries an interrupted step under its retry
+    policy: the cancelled run would start the work again. The step fails instead, not retried (the
+    run then ends CANCELED); what it had done is left as a failed attempt leaves it."""
+    try:
+        yield
+    except DagsterExecutionInterruptedError:
+        raise Failure(
+            description=f"{what} was interrupted: the run was cancelled. Not retried; re-run to build it.",
+            allow_retries=False,
+        ) from None

@@ -24,7 +24,7 @@ from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.engines import Warehouse
-from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
+from shopflow_assets.retries import TRANSIENT_RETRY_POLICY, not_retried_when_cancelled
 from shopflow_assets.run_window import days_of, rerun_command
 
 # The executive dashboard's tables: yesterday's partition by 08:00 (see freshness.py).
@@ -107,7 +107,8 @@ def shopflow_dbt_models(
     events = []
     try:
         # Held back until dbt has exited: then the warehouse is free to count what it built.
-        events.extend(invocation.stream())
+        with not_retried_when_cancelled(f"dbt build for {days[0]}..{days[-1]}"):
+            events.extend(invocation.stream())
     except DagsterDbtCliRuntimeError as error:
         yield from events  # what did build is recorded all the same
         raise classify_dbt_failure(error, invocation, days) from None

@@ -15,7 +15,7 @@ from shopflow_assets.asset_keys import RAW_ORDERS
 from shopflow_assets.engines import Warehouse
 from shopflow_assets.export_contract import BadExportError
 from shopflow_assets.partitions import daily_partitions
-from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
+from shopflow_assets.retries import TRANSIENT_RETRY_POLICY, not_retried_when_cancelled
 from shopflow_assets.resources import ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import days_of, rerun_command
 from shopflow_assets.settings import get_settings
@@ -79,7 +79,8 @@ def raw_orders(
         f"{sum(len(e.files) for e in exports)} file(s)"
     )
     try:
-        summary = warehouse.ingest(context, exports)
+        with not_retried_when_cancelled(f"The ingest of {days[0]}..{days[-1]}"):
+            summary = warehouse.ingest(context, exports)
     except BadExportError as error:  # permanent: retrying cannot fix the file
         raise Failure(
             description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
