@@ -11,11 +11,8 @@ daemon taking a re-export that empties a day (one Spark ingest, one dbt-spark bu
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import shutil
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,8 +20,6 @@ from pathlib import Path
 
 import pytest
 from dagster import (
-    AssetKey,
-    AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -40,7 +35,8 @@ from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.resources import LandingZone
 from shopflow_assets.resources.landing import SUCCESS_MARKER
 
-from .conftest import ALL_ASSETS, BIN, REPO_ROOT, SLACK_TOKEN, Landing, command_env, csv_text, failure_messages
+from .conftest import ALL_ASSETS, REPO_ROOT, SLACK_TOKEN, Landing, command_env, csv_text, failure_messages
+from .daemon_helpers import daemon_process, materializations, wait_for
 from .spark_helpers import (
     NOT_COMPARED,
     TABLE_NAMES,
@@ -291,13 +287,6 @@ def test_a_missing_column_fails_the_spark_run_once_naming_file_and_column_and_ch
 # --- 3. unattended, on the daemon: a re-export that empties a day ------------------------------
 
 SENSOR_INTERVAL = 3
-KEYS = {
-    "raw/orders": AssetKey(["raw", "orders"]),
-    "fact_sales": AssetKey("fact_sales"),
-    "daily_revenue": AssetKey("daily_revenue"),
-}
-
-
 @pytest.fixture
 def spark_daemon(backfill, spark_cluster, slack_server, tmp_path):
     """A real dagster-daemon on workspace.yaml with SHOPFLOW_ENGINE=spark on the session's cluster
@@ -317,44 +306,9 @@ def spark_daemon(backfill, spark_cluster, slack_server, tmp_path):
         SHOPFLOW_SLACK_API_URL=slack_server.api_url,
         SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
     )
-    with DagsterInstance.from_config(str(home)) as instance:
-        log = open(tmp_path / "daemon.log", "w")
-        process = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield instance, landing, tmp_path / "daemon.log"
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            log.close()
-
-
-def materializations(instance: DagsterInstance, day: str) -> dict[str, int]:
-    return {
-        name: len(
-            instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=100).records
-        )
-        for name, key in KEYS.items()
-    }
-
-
-def wait_for(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; daemon log tail:\n{log.read_text()[-6000:]}")
+    log = tmp_path / "daemon.log"
+    with DagsterInstance.from_config(str(home)) as instance, daemon_process(env, log):
+        yield instance, landing, log
 
 
 def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_once(

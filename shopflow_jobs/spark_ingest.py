@@ -39,7 +39,7 @@ from typing import Any
 
 from dagster_pipes import open_dagster_pipes
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shopflow_assets.export_contract import (
