@@ -12,11 +12,10 @@ from shopflow_assets.resources import LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
 from shopflow_assets.schedules import daily_0200_schedule, shopflow_daily_job
 from shopflow_assets.sensors import (
+    alerts_sensor,
     automation_sensor,
-    broke_alert_sensor,
     export_landed_sensor,
-    fact_sales_ready_sensor,
-    lateness_sensor,
+    run_watchdog_sensor,
 )
 from shopflow_assets.settings import get_settings
 
@@ -34,9 +33,8 @@ defs = Definitions(
     sensors=[
         export_landed_sensor,
         automation_sensor,
-        fact_sales_ready_sensor,
-        broke_alert_sensor,
-        lateness_sensor,
+        alerts_sensor,
+        run_watchdog_sensor,
     ],
     resources={
         "landing": LandingZone(root=str(settings.landing_dir)),

@@ -74,6 +74,13 @@ def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, u
     return "raw/orders is loaded but fact_sales has not been built (is the daemon running?)"
 
 
+@dataclass(frozen=True)
+class LatenessAlert:
+    kind: str  # LATE or RECOVERED
+    day: dt.date
+    text: str
+
+
 @dataclass
 class LatenessState:
     """The sensor's cursor: days alerted as late, and days whose recovery was announced."""
@@ -94,18 +101,19 @@ def evaluate_lateness(
     timezone: str,
     ui_url: str,
     start_date: dt.date,
-) -> tuple[list[str], LatenessState]:
+) -> tuple[list[LatenessAlert], LatenessState]:
     """Messages to send at `now`, and the new state. At most one LATE per day, ever."""
-    messages: list[str] = []
+    messages: list[LatenessAlert] = []
     day, deadline = due_day(now, timezone)
     if now >= deadline and day >= start_date and str(day) not in state.late:
         if materialized_at(instance, FACT_SALES, day) is None:
             reason = why_missing(instance, landing, day, ui_url)
-            messages.append(late_message(day=day, deadline=deadline, reason=reason, ui_url=ui_url))
+            messages.append(LatenessAlert("LATE", day, late_message(day=day, deadline=deadline, reason=reason, ui_url=ui_url)))
             state.late.append(str(day))
     for late_day in [d for d in state.late if d not in state.recovered]:
         built = materialized_at(instance, FACT_SALES, dt.date.fromisoformat(late_day))
         if built is not None:
-            messages.append(recovered_message(day=dt.date.fromisoformat(late_day), materialized_at=built, ui_url=ui_url))
+            recovered = recovered_message(day=dt.date.fromisoformat(late_day), materialized_at=built, ui_url=ui_url)
+            messages.append(LatenessAlert("RECOVERED", dt.date.fromisoformat(late_day), recovered))
             state.recovered.append(late_day)
     return messages, state.trimmed()

@@ -201,7 +201,7 @@ def slack_server():
 
     standin = start_slack_standin()
     yield standin
-    standin.server.shutdown()
+    standin.stop()
 
 
 @pytest.fixture
@@ -213,8 +213,6 @@ def slack(slack_server):
         channel="#shopflow-alerts",
         api_url=slack_server.api_url,
         timeout_seconds=5,
-        max_retries=3,
-        max_retry_after_seconds=2,
     )
 
 

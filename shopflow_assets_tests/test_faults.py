@@ -366,9 +366,7 @@ def test_two_runs_of_the_same_day_at_once_leave_what_one_run_leaves(landing, war
 def test_the_broke_alert_of_a_killed_run_names_its_step_and_the_signal(landing, warehouse_path, tmp_path, slack, slack_server):
     """A run whose process died has no step failure; its failure event says only "marked as failed
     from outside the execution context". The alert must say which step and why."""
-    from dagster import DagsterEventType, build_run_status_sensor_context
-
-    from shopflow_assets.sensors.alerting import broke_alert_sensor
+    from .test_failures_and_alerts import alert_ticks
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -392,15 +390,7 @@ def test_the_broke_alert_of_a_killed_run_names_its_step_and_the_signal(landing, 
             f"Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL).", run
         )
         instance.report_run_failed(run)
-        (failure,) = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_FAILURE).records
-        context = build_run_status_sensor_context(
-            sensor_name="shopflow_broke_alert",
-            dagster_event=failure.event_log_entry.dagster_event,
-            dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(run.run_id),
-            resources={"slack": slack},
-        ).for_run_failure()
-        broke_alert_sensor(context)
+        alert_ticks(instance, slack, landing)  # the alerts sensor: the BROKE written, then sent
     (message,) = slack_server.delivered
     assert "• Step: raw__orders" in message, message
     assert f"• Error: Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL)." in message

@@ -1,4 +1,4 @@
-"""The export sensor, the READY sensor and the schedule, evaluated against real files and a real
+"""The export sensor, the READY alert and the schedule, evaluated against real files and a real
 instance (Dagster's own sensor contexts); the daemon runs them in test_daemon_e2e.py."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dagster import build_schedule_context, build_sensor_context
 from shopflow_assets.resources import LandingZone
 from shopflow_assets.schedules import daily_0200_schedule
 from shopflow_assets.sensors.export_landed import export_landed_sensor
-from shopflow_assets.sensors.fact_sales_ready import fact_sales_ready_sensor
 
 from .conftest import csv_text, line
 
@@ -95,21 +94,20 @@ def test_schedule_requests_yesterday_in_the_sla_timezone():
     assert daily_0200_schedule.cron_schedule == "0 2 * * *"
 
 
-def test_ready_sensor_sends_one_message_per_materialization(run, landing, instance, slack, slack_server):
+def test_ready_alert_one_message_per_materialization(run, landing, instance, slack, slack_server):
+    from .test_failures_and_alerts import alert_ticks
+
     for day in ("2024-03-01", "2024-03-02"):
         landing.export(day, {"a.csv": csv_text([line("A", day=day, quantity=3, unit_price="2.50")])})
         assert run(day).success  # two days built between two ticks
 
-    context = build_sensor_context(instance=instance, resources={"slack": slack})
-    tick_result = fact_sales_ready_sensor.evaluate_tick(context)
+    cursor = alert_ticks(instance, slack, landing)
 
-    assert sorted(m.splitlines()[0] for m in slack_server.delivered) == [
+    assert [m.splitlines()[0] for m in slack_server.delivered] == [  # in the order they were built
         ":white_check_mark: READY: fact_sales for 2024-03-01 landed",
         ":white_check_mark: READY: fact_sales for 2024-03-02 landed",
     ]
     assert all("• Rows: 1" in m and "• Net revenue: 7.50" in m for m in slack_server.delivered)
     # nothing new: nothing sent
-    fact_sales_ready_sensor.evaluate_tick(
-        build_sensor_context(instance=instance, cursor=tick_result.cursor, resources={"slack": slack})
-    )
+    alert_ticks(instance, slack, landing, cursor)
     assert len(slack_server.delivered) == 2

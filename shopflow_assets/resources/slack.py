@@ -1,110 +1,226 @@
-"""Slack, through dagster-slack: alerts are posted when SLACK_BOT_TOKEN is set, logged otherwise.
+"""Slack, through dagster-slack: one HTTP request per call, and an answer that says what happened.
 
 dagster-slack's SlackResource builds a WebClient for Slack's public host only; this one points it at
-SHOPFLOW_SLACK_API_URL and gives it bounded retries (5xx, 429 with Retry-After, timeouts). A Slack
-outage never fails or blocks the pipeline: `post` reports whether it delivered, and never raises.
+SHOPFLOW_SLACK_API_URL. It makes no retries of its own: the alert outbox (shopflow_assets/outbox.py)
+retries across sensor ticks, so a tick never waits on Slack for long, and it needs to know, for each
+attempt, whether the message can be in the channel:
+
+- DELIVERED: Slack answered ok (the message is in the channel).
+- NOT_POSTED: Slack refused it, or never got all of it: HTTP 429 (with Retry-After), HTTP 503, an
+  `ok: false` answer (channel_not_found, invalid_auth, ...), a refused connection, an error while
+  sending the request.
+- UNKNOWN: the request was sent, but no answer came (timeout, connection reset) or Slack answered
+  500/502/504 (Slack: "it's possible some aspect of the operation succeeded before the error").
+
+Every message carries Slack message metadata, {"event_type": "shopflow_alert", "event_payload":
+{"alert_id": ...}}, so that `find_posted` can tell from the channel's history
+(conversations.history with include_all_metadata) whether an attempt of UNKNOWN outcome was posted.
+The token never appears in what this module logs or returns.
 """
 
 from __future__ import annotations
 
+import enum
+import http.client
 import logging
+import re
 import socket
-import time
-from http.client import RemoteDisconnected
+from dataclasses import dataclass
 from urllib.error import URLError
 
 from dagster_slack import SlackResource
 from pydantic import Field
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackClientError
-from slack_sdk.http_retry import RetryHandler
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
+from slack_sdk.errors import SlackApiError, SlackClientError
 
 from shopflow_assets.settings import DEFAULT_SLACK_API_URL
 
 # Slack truncates a message past 40,000 characters; alerts stay far below, readable on a phone.
 MAX_MESSAGE_CHARS = 3000
+METADATA_EVENT_TYPE = "shopflow_alert"
+# conversations.history: at most 15 messages a page for apps outside the Slack Marketplace (2025)
+HISTORY_PAGE = 15
+HISTORY_MAX_PAGES = 10
+
+# Answers that retrying soon will not change: the fix is in Slack's or our configuration.
+CONFIGURATION_ERRORS = {
+    "not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
+    "no_permission", "missing_scope", "channel_not_found", "not_in_channel", "is_archived",
+    "restricted_action", "ekm_access_denied", "team_access_not_granted", "not_allowed_token_type",
+}
 
 logger = logging.getLogger("shopflow.alerts")
 
 
-class _AnyServerErrorRetryHandler(ServerErrorRetryHandler):
-    """slack_sdk retries 500 and 503 only; 502 and 504 are as transient."""
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    NOT_POSTED = "not_posted"
+    UNKNOWN = "unknown"
 
-    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
-        return response is not None and response.status_code >= 500
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    detail: str = ""  # what went wrong, in one line, for the log and the outbox's state
+    retry_after: float | None = None  # HTTP 429's Retry-After, in seconds
+    configuration: bool = False  # an ok:false answer that a retry will not fix (channel, token, scope)
+    channel_id: str | None = None  # the channel's ID (Slack answers it to a post)
+    unreachable: bool = False  # no HTTP answer at all (refused, reset, timeout): Slack's door was shut
 
 
-class _BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
-    """Honour Retry-After, but never wait longer than `max_wait` seconds (a sensor must not hang)."""
+@dataclass(frozen=True)
+class Lookup:
+    """What the channel's history says about some alerts: the ones found there, or why it cannot tell.
 
-    def __init__(self, max_retry_count: int, max_wait: float):
-        super().__init__(max_retry_count=max_retry_count)
-        self.max_wait = max_wait
+    `unavailable`: Slack did not answer (try again later); `unsupported`: it answered that it will not
+    (no channels:history scope, say): the outbox then can no longer tell, and says so in its log."""
 
-    def prepare_for_next_attempt(self, *, state, request, response=None, error=None) -> None:
-        if response is None:
-            raise error  # type: ignore[misc]
-        retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), ["1"])
-        try:
-            wait = float(retry_after[0] if isinstance(retry_after, list) else retry_after)
-        except ValueError:
-            wait = 1.0
-        time.sleep(min(max(wait, 0.0), self.max_wait))
-        state.next_attempt_requested = True
-        state.increment_current_attempt()
+    found: frozenset[str] = frozenset()
+    channel_id: str | None = None
+    unavailable: str = ""
+    unsupported: str = ""
+    retry_after: float | None = None
 
 
 class ShopflowSlack(SlackResource):
-    """Posts alerts to `channel` through the Slack Web API at `api_url`."""
+    """Posts alerts to `channel` through the Slack Web API at `api_url`; see the module's doc."""
 
     token: str = Field(default="", description="Slack bot token (SLACK_BOT_TOKEN); empty: log only.")
     channel: str = Field(default="#shopflow-alerts", description="Channel (SHOPFLOW_SLACK_CHANNEL).")
     api_url: str = Field(default=DEFAULT_SLACK_API_URL, description="SHOPFLOW_SLACK_API_URL.")
-    timeout_seconds: float = Field(default=10.0, description="Timeout of one HTTP request.")
-    max_retries: int = Field(default=3, description="Retries of one message on 5xx, 429 and timeouts.")
-    max_retry_after_seconds: float = Field(default=10.0, description="Cap on a 429's Retry-After wait.")
+    timeout_seconds: float = Field(default=5.0, description="Timeout of one HTTP request.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
 
     def get_client(self) -> WebClient:
         return WebClient(
             token=self.token,
             base_url=self.api_url if self.api_url.endswith("/") else self.api_url + "/",
             timeout=int(max(self.timeout_seconds, 1)),
-            retry_handlers=self.retry_handlers(),
+            retry_handlers=[],  # one request per call: the outbox retries across ticks
         )
 
-    def retry_handlers(self) -> list[RetryHandler]:
-        return [
-            ConnectionErrorRetryHandler(
-                max_retry_count=self.max_retries,
-                error_types=[URLError, ConnectionError, RemoteDisconnected, socket.timeout, TimeoutError],
-            ),
-            _AnyServerErrorRetryHandler(max_retry_count=self.max_retries),
-            _BoundedRateLimitRetryHandler(self.max_retries, self.max_retry_after_seconds),
-        ]
+    # posting ---------------------------------------------------------------------------------
 
-    def post(self, text: str, log: logging.Logger | None = None) -> bool:
-        """Post `text`; True if Slack took it. Never raises: an alert must not break the pipeline."""
-        log = log or logger
+    def send(self, text: str, alert_id: str) -> SendResult:
+        """Post `text` once, tagged with `alert_id`. Never raises."""
         text = text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
-        if not self.token:
-            log.info(f"Slack alert for {self.channel} (SLACK_BOT_TOKEN unset, logged only):\n{text}")
-            return False
         try:
-            self.get_client().chat_postMessage(channel=self.channel, text=text, unfurl_links=False)
-        except (SlackClientError, OSError, ValueError) as error:
-            log.warning(
-                f"Slack alert not delivered to {self.channel} ({type(error).__name__}: "
-                f"{_without(str(error).splitlines()[0] if str(error) else '', self.token)[:200]}). "
-                f"The alert was:\n{text}"
+            answer = self.get_client().chat_postMessage(
+                channel=self.channel,
+                text=text,
+                unfurl_links=False,
+                metadata={"event_type": METADATA_EVENT_TYPE, "event_payload": {"alert_id": alert_id}},
             )
+        except SlackApiError as error:
+            return self._api_error(error)
+        except BaseException as error:  # noqa: BLE001 (whatever happened, the sensor goes on)
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            return SendResult(_transport_outcome(error), self._describe(error), unreachable=True)
+        return SendResult(Outcome.DELIVERED, channel_id=answer.get("channel"))
+
+    def probe(self) -> bool:
+        """Does Slack's Web API answer at all? (api.test: no token, no side effect.)"""
+        try:
+            WebClient(
+                base_url=self.get_client().base_url, timeout=int(max(self.timeout_seconds, 1)), retry_handlers=[]
+            ).api_test()
+        except Exception:  # noqa: BLE001
             return False
         return True
 
+    # reading the channel ----------------------------------------------------------------------
 
-def _without(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+    def find_posted(self, alert_ids: set[str], since: float, channel_id: str | None = None) -> Lookup:
+        """Which of `alert_ids` are in the channel, among its messages newer than `since` (epoch s).
+
+        Reads conversations.history (scope channels:history, or groups:history for a private
+        channel), which wants the channel's ID: `channel_id` if known, else SHOPFLOW_SLACK_CHANNEL if
+        it is one, else looked up by name with conversations.list (scope channels:read)."""
+        client = self.get_client()
+        try:
+            channel_id = channel_id or self._channel_id(client)
+            if channel_id is None:
+                return Lookup(unsupported=f"channel {self.channel} not found by conversations.list")
+            found, cursor = set(), None
+            for _ in range(HISTORY_MAX_PAGES):
+                page = client.conversations_history(
+                    channel=channel_id,
+                    oldest=f"{since:.6f}",
+                    limit=HISTORY_PAGE,
+                    include_all_metadata=True,
+                    **({"cursor": cursor} if cursor else {}),
+                )
+                for message in page.get("messages") or []:
+                    metadata = message.get("metadata") or {}
+                    if metadata.get("event_type") == METADATA_EVENT_TYPE:
+                        alert_id = (metadata.get("event_payload") or {}).get("alert_id")
+                        if alert_id in alert_ids:
+                            found.add(alert_id)
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if found == alert_ids or not page.get("has_more") or not cursor:
+                    return Lookup(frozenset(found), channel_id)
+            return Lookup(frozenset(found), channel_id)  # more than 150 messages since: enough
+        except SlackApiError as error:
+            result = self._api_error(error)
+            if result.configuration:
+                return Lookup(unsupported=result.detail)
+            return Lookup(unavailable=result.detail, retry_after=result.retry_after)
+        except Exception as error:  # noqa: BLE001
+            return Lookup(unavailable=self._describe(error))
+
+    def _channel_id(self, client: WebClient) -> str | None:
+        if re.fullmatch(r"[CGD][A-Z0-9]{6,}", self.channel):
+            return self.channel
+        name, cursor = self.channel.lstrip("#"), None
+        while True:
+            page = client.conversations_list(
+                types="public_channel,private_channel", exclude_archived=True, limit=1000,
+                **({"cursor": cursor} if cursor else {}),
+            )
+            for channel in page.get("channels") or []:
+                if channel.get("name") == name:
+                    return channel.get("id")
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+
+    # errors ----------------------------------------------------------------------------------
+
+    def _api_error(self, error: SlackApiError) -> SendResult:
+        response = error.response
+        status = response.status_code
+        data = response.data if isinstance(response.data, dict) else {}
+        code = data.get("error") or ""
+        detail = f"HTTP {status}" + (f" {code}" if code else "")
+        if status == 429 or code == "ratelimited":
+            headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+            value = headers.get("retry-after")
+            value = value[0] if isinstance(value, list) else value
+            try:
+                retry_after = max(float(value), 0.0)
+            except (TypeError, ValueError):
+                retry_after = 60.0
+            return SendResult(Outcome.NOT_POSTED, f"{detail} (Retry-After {value})", retry_after=retry_after)
+        if status in (500, 502, 504):
+            return SendResult(Outcome.UNKNOWN, detail)
+        return SendResult(Outcome.NOT_POSTED, detail, configuration=status == 200 and code in CONFIGURATION_ERRORS)
+
+    def _describe(self, error: BaseException) -> str:
+        text = str(error).splitlines()[0] if str(error) else ""
+        text = text.replace(self.token, "***") if self.token else text
+        return f"{type(error).__name__}: {text}"[:200]
+
+
+def _transport_outcome(error: BaseException) -> Outcome:
+    """urllib wraps in URLError whatever fails before the whole request is sent (connect, DNS,
+    refused, a reset while sending): Slack cannot have acted on it. An error after that (no answer
+    in time, the connection dropped while waiting) leaves it unknown."""
+    if isinstance(error, (URLError, ConnectionRefusedError, socket.gaierror, SlackClientError)):
+        return Outcome.NOT_POSTED
+    if isinstance(error, (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError)):
+        return Outcome.UNKNOWN
+    return Outcome.UNKNOWN

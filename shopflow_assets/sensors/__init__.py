@@ -1,10 +1,10 @@
-"""Sensors: the triggers of the pipeline, and the alerts (BROKE, LATE, READY)."""
+"""Sensors: the triggers of the pipeline, the alerts (BROKE, LATE, READY) and the run watchdog."""
 
 from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus
 
-from shopflow_assets.sensors.alerting import broke_alert_sensor, lateness_sensor
+from shopflow_assets.sensors.alerting import alerts_sensor
 from shopflow_assets.sensors.export_landed import export_landed_sensor
-from shopflow_assets.sensors.fact_sales_ready import fact_sales_ready_sensor
+from shopflow_assets.sensors.run_watchdog import run_watchdog_sensor
 from shopflow_assets.settings import get_settings
 
 # Dagster's default automation sensor is stopped by default; this one runs as soon as it loads.
@@ -17,9 +17,8 @@ automation_sensor = AutomationConditionSensorDefinition(
 )
 
 __all__ = [
+    "alerts_sensor",
     "automation_sensor",
-    "broke_alert_sensor",
     "export_landed_sensor",
-    "fact_sales_ready_sensor",
-    "lateness_sensor",
+    "run_watchdog_sensor",
 ]

@@ -1,33 +1,51 @@
-"""BROKE and LATE alerts. They run in the daemon, outside the runs, so a Slack outage can never fail
-or block a run; each tick's delivery is bounded by the Slack resource's retries.
+"""The alerts: BROKE, LATE (and RECOVERED) and READY, written to the outbox and delivered by one
+sensor, `shopflow_alerts`, in the daemon: a Slack outage can never fail or block a run.
 
-A failed dbt test fails its run: dbt build exits non-zero and the step raises a Failure naming the
-tests, so the BROKE alert of that run covers failed blocking checks too, and lists them."""
+Each tick (shopflow_assets/outbox.py says why in this order):
+1. delivers what earlier ticks put in the outbox (stored in this sensor's cursor);
+2. reads what happened since its positions in Dagster's event log, and adds one message per event:
+   - BROKE for every run that failed (RUN_FAILURE), whatever launched it (CLI, UI, sensor,
+     automation, schedule, a lost run worker marked failed by shopflow_run_watchdog). A failed
+     blocking dbt test fails its run too, so its BROKE lists the failed tests;
+   - READY for every materialization of a day of fact_sales (two days built between ticks: two);
+   - LATE once per day when yesterday's fact_sales is not materialized by 08:00 in
+     SHOPFLOW_SLA_TIMEZONE, RECOVERED when it lands afterwards;
+3. stores positions and outbox in its cursor, in one write (Dagster's, at the end of the tick).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
+import time
 
 from dagster import (
     AssetCheckSeverity,
+    AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DefaultSensorStatus,
-    RunFailureSensorContext,
+    RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
-    run_failure_sensor,
     sensor,
 )
 
-from shopflow_assets.alerts import StepFailure, broke_message
+from shopflow_assets.alerts import StepFailure, broke_message, ready_message
+from shopflow_assets.asset_keys import FACT_SALES
 from shopflow_assets.freshness import LatenessState, evaluate_lateness
+from shopflow_assets.outbox import Alert, InstanceMarkers, OutboxState, deliver
 from shopflow_assets.resources.landing import LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
 from shopflow_assets.run_window import days_of_run_tags
 from shopflow_assets.settings import get_settings
+
+ALERTS_SENSOR = "shopflow_alerts"
+EVENTS_PER_TICK = 200
+LOST_WORKER = "Run worker lost"  # how shopflow_run_watchdog's engine event begins
 
 
 def failed_checks_of_run(instance: DagsterInstance, run_id: str) -> list[str]:
@@ -65,9 +83,9 @@ def assets_of_run(instance: DagsterInstance, run) -> set:
 
 def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str | None) -> StepFailure:
     """A run failed outside its steps. Its failure event only says "marked as failed from outside
-    the execution context"; the engine event before it says why (e.g. the run process "was
-    terminated by signal 9 (SIGKILL)"), and the step it was in is the one that started and never
-    ended."""
+    the execution context"; the engine event before it says why (the code server saw the run process
+    "terminated by signal 9 (SIGKILL)", or shopflow_run_watchdog found the worker gone), and the step
+    it was in is the one that started and never ended."""
     started, ended, engine_messages = [], set(), []
     kinds = {
         DagsterEventType.STEP_START,
@@ -82,65 +100,168 @@ def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str
             started.append(entry.step_key)
         elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_SKIPPED):
             ended.add(entry.step_key)
-        elif kind == DagsterEventType.ENGINE_EVENT and "terminated" in (entry.message or ""):
+        elif kind == DagsterEventType.ENGINE_EVENT and (
+            "terminated" in (entry.message or "") or (entry.message or "").startswith(LOST_WORKER)
+        ):
             engine_messages.append(entry.message)
     running = [step for step in started if step not in ended]
     error = engine_messages[-1] if engine_messages else (run_message or "run failed")
     return StepFailure(step=running[-1] if running else "(run)", error=error.strip().splitlines()[0])
 
 
-def broke_message_for(context: RunFailureSensorContext) -> str:
-    run = context.dagster_run
+def broke_message_for(instance: DagsterInstance, run: DagsterRun, failure_message: str | None) -> str:
+    """The BROKE message of a failed run, from its events in the instance."""
     failures = [
-        StepFailure(step=e.step_key or "?", error=step_error_text(e.step_failure_data))
-        for e in context.get_step_failure_events()
+        StepFailure(step=e.dagster_event.step_key or "?", error=step_error_text(e.dagster_event.step_failure_data))
+        for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)
     ]
     if not failures:  # the run failed outside its steps: its worker died, say
-        failures = [lost_worker_failure(context.instance, run.run_id, context.failure_event.message)]
-    assets = sorted(k.to_user_string() for k in assets_of_run(context.instance, run))
+        failures = [lost_worker_failure(instance, run.run_id, failure_message)]
+    assets = sorted(k.to_user_string() for k in assets_of_run(instance, run))
     return broke_message(
         run_id=run.run_id,
         job_name=run.job_name,
         assets=assets,
         days=days_of_run_tags(run.tags),
         failures=failures,
-        failed_checks=failed_checks_of_run(context.instance, run.run_id),
+        failed_checks=failed_checks_of_run(instance, run.run_id),
         ui_url=get_settings().ui_url,
     )
 
 
-# monitor_all_code_locations: without it, runs launched by `dagster asset materialize` are unseen.
-@run_failure_sensor(
-    name="shopflow_broke_alert",
-    monitor_all_code_locations=True,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="BROKE alert on Slack for every run that failed after its retries.",
-)
-def broke_alert_sensor(context: RunFailureSensorContext, slack: ShopflowSlack) -> None:
-    slack.post(broke_message_for(context), log=context.log)
+def _by_day(metadata, key: str, day: str):
+    value = metadata.get(key)
+    return (getattr(value, "value", None) or {}).get(day) if value is not None else None
 
 
-@sensor(
-    name="shopflow_lateness_alert",
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=60,
-    description="LATE alert once per day when yesterday's fact_sales is not materialized by 08:00 "
-    "(SHOPFLOW_SLA_TIMEZONE); RECOVERED when it lands afterwards.",
-)
-def lateness_sensor(context: SensorEvaluationContext, slack: ShopflowSlack, landing: LandingZone):
-    state = LatenessState(**json.loads(context.cursor)) if context.cursor else LatenessState()
+@dataclasses.dataclass
+class AlertsCursor:
+    """The sensor's cursor: its positions in the event log, the lateness memory, the outbox."""
+
+    failures_after: int | None = None  # storage id of the last RUN_FAILURE read
+    ready_after: int | None = None  # storage id of the last fact_sales materialization read
+    lateness: LatenessState = dataclasses.field(default_factory=LatenessState)
+    outbox: OutboxState = dataclasses.field(default_factory=OutboxState)
+
+    @classmethod
+    def load(cls, text: str | None) -> "AlertsCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            failures_after=data.get("failures_after"),
+            ready_after=data.get("ready_after"),
+            lateness=LatenessState(**data.get("lateness", {})),
+            outbox=OutboxState.from_json(data.get("outbox")),
+        )
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "failures_after": self.failures_after,
+                "ready_after": self.ready_after,
+                "lateness": dataclasses.asdict(self.lateness),
+                "outbox": self.outbox.to_json(),
+            },
+            separators=(",", ":"),
+        )
+
+
+def start_positions(instance: DagsterInstance, cursor: AlertsCursor) -> None:
+    """A new sensor starts at the end of the event log: it announces what happens from now on."""
+    if cursor.failures_after is None:
+        latest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
+        cursor.failures_after = latest[0].storage_id if latest else 0
+    if cursor.ready_after is None:
+        latest = instance.fetch_materializations(FACT_SALES, limit=1).records
+        cursor.ready_after = latest[0].storage_id if latest else 0
+
+
+def new_alerts(instance: DagsterInstance, landing: LandingZone, cursor: AlertsCursor, now: float) -> list[Alert]:
+    """The alerts of what happened since the cursor's positions, in the order it happened; moves
+    the positions (in `cursor`, stored only with the outbox that holds these alerts)."""
     settings = get_settings()
-    messages, state = evaluate_lateness(
-        context.instance,
+    events: list[tuple[int, Alert]] = []
+
+    failures = instance.fetch_run_status_changes(
+        RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=cursor.failures_after),
+        limit=EVENTS_PER_TICK,
+        ascending=True,
+    ).records
+    for record in failures:
+        run = instance.get_run_by_id(record.run_id)
+        if run is not None:  # (a run deleted since: nothing to say)
+            text = broke_message_for(instance, run, record.event_log_entry.message)
+            events.append((record.storage_id, Alert(f"broke:{run.run_id}", "BROKE", text, now)))
+        cursor.failures_after = record.storage_id
+
+    built = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=FACT_SALES, after_storage_id=cursor.ready_after),
+        ascending=True,
+        limit=EVENTS_PER_TICK,
+    ).records
+    for record in built:
+        materialization = record.asset_materialization
+        day = materialization.partition if materialization else None
+        if day is not None:
+            text = ready_message(
+                day=dt.date.fromisoformat(day),
+                rows=_by_day(materialization.metadata, "rows_by_day", day),
+                net_revenue=_by_day(materialization.metadata, "net_revenue_by_day", day),
+                run_id=record.run_id,
+                ui_url=settings.ui_url,
+            )
+            events.append((record.storage_id, Alert(f"ready:{record.storage_id}", "READY", text, now)))
+        cursor.ready_after = record.storage_id
+
+    alerts = [alert for _, alert in sorted(events, key=lambda pair: pair[0])]  # the event log's order
+    lateness, cursor.lateness = evaluate_lateness(
+        instance,
         landing,
-        dt.datetime.now(dt.timezone.utc),
-        state,
+        dt.datetime.fromtimestamp(now, dt.timezone.utc),
+        cursor.lateness,
         timezone=settings.sla_timezone,
         ui_url=settings.ui_url,
         start_date=settings.start_date,
     )
-    for message in messages:
-        slack.post(message, log=context.log)
-    context.update_cursor(json.dumps(dataclasses.asdict(state)))
-    if not messages:
-        return SkipReason("nothing late")
+    alerts += [Alert(f"{m.kind.lower()}:{m.day}", m.kind, m.text, now) for m in lateness]
+    return alerts
+
+
+@sensor(
+    name=ALERTS_SENSOR,
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="BROKE (failed runs), LATE/RECOVERED (yesterday's fact_sales by 08:00) and READY "
+    "(each day of fact_sales built) alerts: written to an outbox in this sensor's cursor, then "
+    "delivered to Slack in order, once, retried across ticks while Slack is down.",
+)
+def alerts_sensor(context: SensorEvaluationContext, slack: ShopflowSlack, landing: LandingZone):
+    cursor = AlertsCursor.load(context.cursor)
+    outbox = cursor.outbox
+    report = deliver(
+        outbox,
+        slack,
+        InstanceMarkers(context.instance),
+        summary_after=get_settings().alert_summary_after_seconds,
+        log=context.log,
+    )
+    added: list[Alert] = []
+    try:
+        start_positions(context.instance, cursor)
+        added = outbox.enqueue(new_alerts(context.instance, landing, cursor, time.time()))
+    except Exception:  # noqa: BLE001 (keep what was delivered; read the events again next tick)
+        context.log.exception("Reading the events for alerts failed; trying again next tick")
+        cursor = dataclasses.replace(AlertsCursor.load(context.cursor), outbox=outbox)
+    for alert in added:
+        context.log.info(f"Alert {alert.id} written to the outbox:\n{alert.text}")
+    words = [
+        f"sent {len(report.sent)}" if report.sent else "",
+        f"found already posted {len(report.found)}" if report.found else "",
+        f"summarised {len(report.summarised)}" if report.summarised else "",
+        f"queued {len(added)}" if added else "",
+        f"{len(outbox.queue)} waiting" + (f" ({report.waiting or report.error})" if report.waiting or report.error else "")
+        if outbox.queue
+        else "",
+    ]
+    return SensorResult(skip_reason=SkipReason("; ".join(w for w in words if w) or "nothing to say"), cursor=cursor.dump())

@@ -1,0 +1,360 @@
+"""The alert outbox: every BROKE, LATE, RECOVERED and READY message is written to Dagster's instance
+storage before it is sent, then delivered in order, once, whatever Slack and the daemon do.
+
+Where it lives. The outbox is part of the cursor of the `shopflow_alerts` sensor, which Dagster keeps
+in its instance storage (Postgres in production) and writes once per tick, atomically, together with
+the sensor's positions in the event log. A tick first delivers what earlier ticks wrote, then adds
+the messages of the events it reads, then Dagster stores the new cursor: a message is always stored
+before its first attempt, and an event is never both skipped and unsent.
+
+Delivery. In order, head first; a tick stops at the first message Slack does not take and tries
+again on a later tick, never waiting on Slack within a tick (one request, a few seconds at most):
+- Slack unavailable (5xx, refused connection, timeout): back off 10 s, 20 s, ... up to 5 min. While
+  backing off, each tick asks `api.test` (no side effect, no marker) whether Slack answers again;
+  once it does, delivery resumes in that tick, so a recovered Slack gets the backlog within a sensor
+  interval or two, not at the end of a 5-minute back-off. (If Slack answered the attempt with an
+  error while api.test works, the outage is partial: the back-off then runs its course.)
+- HTTP 429: nothing is sent before its Retry-After has passed, across ticks (it is in the cursor).
+- A configuration error (channel_not_found, not_in_channel, invalid_auth, ...): back off up to
+  5 min and log an error that names the fix, every attempt.
+- A message older than `summary_after` seconds (30 min by default) is no longer sent on its own:
+  it joins one DELAYED message that lists every such alert in order (what, which day, the error or
+  why, the link), sent first when Slack takes messages again. Its full text is logged when it joins.
+  The queue also holds at most MAX_QUEUE messages; older ones join the summary early.
+
+Exactly once, from the channel's point of view. Before each attempt the outbox writes a delivery
+marker (the alert's id) to the instance storage, outside the cursor: a dynamic-partition key of
+MARKERS, through DagsterInstance.add_dynamic_partitions (public, and written at once, not at the end
+of the tick). Each message also carries Slack message metadata with its id. A message that is still
+queued but has a marker may be in the channel already: the daemon was killed (or the cursor write
+failed) between Slack's 200 and the outbox's update, or the attempt timed out. Before sending it
+again, the outbox reads the channel's history since the attempt (conversations.history with
+include_all_metadata) and takes the message as delivered if it is there. Slack's chat.postMessage has
+no idempotency key (client_msg_id is not one of its documented arguments), so the channel itself is
+the only record that can say. Markers go once the cursor that records the outcome is stored. If the
+history cannot be read at all (the bot lacks channels:history), the outbox sends again and logs that
+it could not check: at least once, not exactly once, for that message only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from shopflow_assets.resources.slack import MAX_MESSAGE_CHARS, Lookup, Outcome, SendResult
+
+MARKERS = "shopflow_alert_outbox_attempts"  # dynamic-partitions name of the delivery markers
+MAX_QUEUE = 100
+MAX_SUMMARY_ITEMS = 60
+RECENT = 500  # ids of delivered alerts remembered, so that an event read twice is not sent twice
+BACKOFF_FIRST = 10.0
+BACKOFF_MAX = 300.0
+TICK_BUDGET_SECONDS = 20.0
+# A message posted by an attempt shows in the history with a `ts` a little after the attempt's
+# start; look from well before it, in case the clocks of Slack and of this host differ.
+CLOCK_SLACK = 120.0
+
+
+class Slack(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+    def send(self, text: str, alert_id: str) -> SendResult: ...
+    def probe(self) -> bool: ...
+    def find_posted(self, alert_ids: set[str], since: float, channel_id: str | None = None) -> Lookup: ...
+
+
+class Markers(Protocol):
+    """Delivery markers, durable as soon as `add` returns."""
+
+    def all(self) -> set[str]: ...
+    def add(self, alert_id: str) -> None: ...
+    def remove(self, alert_id: str) -> None: ...
+
+
+class InstanceMarkers:
+    """Markers kept in Dagster's instance storage, as dynamic-partition keys of MARKERS."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def all(self) -> set[str]:
+        return set(self.instance.get_dynamic_partitions(MARKERS))
+
+    def add(self, alert_id: str) -> None:
+        self.instance.add_dynamic_partitions(MARKERS, [alert_id])
+
+    def remove(self, alert_id: str) -> None:
+        self.instance.delete_dynamic_partition(MARKERS, alert_id)
+
+
+@dataclass
+class Alert:
+    id: str  # stable: broke:<run id>, ready:<event storage id>, late:<day>, recovered:<day>, delayed:<id>
+    kind: str  # BROKE, LATE, RECOVERED, READY, DELAYED
+    text: str
+    created: float
+    attempts: int = 0
+    last_attempt: float | None = None
+    uncertain: bool = False  # an attempt whose outcome is unknown (timeout, 5xx) awaits a check
+    items: list[dict] = field(default_factory=list)  # DELAYED only: the alerts it stands for
+    more: int = 0  # DELAYED only: alerts it stands for beyond MAX_SUMMARY_ITEMS (counted, logged)
+
+
+@dataclass
+class OutboxState:
+    queue: list[Alert] = field(default_factory=list)
+    not_before: float = 0.0  # no attempt before this time (back-off, Retry-After)
+    failures: int = 0  # consecutive failed attempts
+    waiting_for: str = ""  # "": nothing; "slack": unavailable; "rate_limit": 429; "configuration"
+    # api.test answering ends a back-off if Slack was seen down since the last attempt (a probe
+    # failed, or the attempt got no HTTP answer at all); if Slack answered the attempt with an
+    # error while api.test works (a partial outage), the back-off runs its course.
+    probe_failed: bool = False
+    unreachable: bool = False
+    last_error: str = ""
+    channel_id: str | None = None
+    delivered: int = 0  # totals, for the log and the tests
+    summarised: int = 0
+    unverified_warned: bool = False
+    recent: list[str] = field(default_factory=list)  # ids delivered lately (at most RECENT)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "OutboxState":
+        if not data:
+            return cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in fields and k != "queue"})
+        state.queue = [Alert(**a) for a in data.get("queue", [])]
+        return state
+
+    def enqueue(self, alerts: Iterable[Alert]) -> list[Alert]:
+        known = {a.id for a in self.queue} | {i["id"] for a in self.queue for i in a.items} | set(self.recent)
+        added = [a for a in alerts if a.id not in known]
+        self.queue.extend(added)
+        return added
+
+
+@dataclass
+class DeliveryReport:
+    sent: list[str] = field(default_factory=list)  # ids posted in this tick
+    found: list[str] = field(default_factory=list)  # ids found already in the channel
+    summarised: list[str] = field(default_factory=list)
+    error: str = ""
+    waiting: str = ""
+
+
+def deliver(
+    state: OutboxState,
+    slack: Slack,
+    markers: Markers,
+    *,
+    now=time.time,
+    summary_after: float,
+    log: logging.Logger,
+    budget: float = TICK_BUDGET_SECONDS,
+) -> DeliveryReport:
+    """One tick of delivery, on `state` in place (the caller stores it). Never raises for Slack."""
+    report = DeliveryReport()
+    started = now()
+    if not slack.enabled:
+        for alert in state.queue:
+            log.info(f"Slack alert (SLACK_BOT_TOKEN unset, logged only):\n{alert.text}")
+            state.delivered += 1
+        state.queue.clear()
+        return report
+
+    # markers whose message has left the queue in a stored cursor are done with
+    held = markers.all()
+    queued = {a.id for a in state.queue}
+    for alert_id in held - queued:
+        markers.remove(alert_id)
+    held &= queued
+
+    _fold_overdue(state, held, started, summary_after, log, report)
+
+    if started < state.not_before:
+        if state.waiting_for != "slack":
+            report.waiting = f"{state.waiting_for} ({state.last_error}) until {_clock(state.not_before)}"
+            return report
+        if not slack.probe():  # still down: keep waiting
+            state.probe_failed = True
+            report.waiting = f"Slack unavailable ({state.last_error}); next attempt by {_clock(state.not_before)}"
+            return report
+        if not (state.probe_failed or state.unreachable):
+            report.waiting = f"back-off after {state.last_error} until {_clock(state.not_before)}"
+            return report
+        log.info("Slack answers again: delivering the alerts held back")
+
+    while state.queue and now() - started < budget:
+        alert = state.queue[0]
+        if alert.uncertain or alert.id in held:
+            since = (alert.last_attempt or alert.created) - CLOCK_SLACK
+            lookup = slack.find_posted({alert.id}, since, state.channel_id)
+            if lookup.unavailable:
+                _wait(state, now(), f"reading the channel's history: {lookup.unavailable}", retry_after=lookup.retry_after)
+                report.error = state.last_error
+                return report
+            if lookup.channel_id:
+                state.channel_id = lookup.channel_id
+            if lookup.unsupported:
+                if not state.unverified_warned:
+                    log.warning(
+                        f"Cannot read the alert channel's history ({lookup.unsupported}); give the Slack bot "
+                        "the channels:history scope (groups:history for a private channel). Until then an "
+                        "alert whose delivery is in doubt (daemon killed mid-send, Slack timeout) is sent "
+                        "again and may show twice."
+                    )
+                    state.unverified_warned = True
+            elif alert.id in lookup.found:
+                log.info(f"Alert {alert.id} is already in the channel (an earlier attempt got through)")
+                _delivered(state, report.found, alert)
+                continue
+            alert.uncertain = False
+        try:
+            markers.add(alert.id)  # written before the attempt; see the module's doc
+        except Exception as error:  # noqa: BLE001 (storage down: no attempt without a marker)
+            report.error = f"cannot write the delivery marker: {type(error).__name__}: {str(error)[:200]}"
+            log.warning(f"Alert {alert.id} not sent this tick: {report.error}")
+            return report
+        held.add(alert.id)
+        alert.attempts += 1
+        alert.last_attempt = now()
+        result = slack.send(alert.text, alert.id)
+        if result.outcome is Outcome.DELIVERED:
+            state.channel_id = result.channel_id or state.channel_id
+            _delivered(state, report.sent, alert)
+            continue
+        if result.outcome is Outcome.UNKNOWN:
+            alert.uncertain = True
+        else:
+            _forget(markers, alert.id, log)
+            held.discard(alert.id)
+        _wait(state, now(), result.detail, retry_after=result.retry_after, configuration=result.configuration)
+        state.unreachable = result.unreachable
+        report.error = state.last_error
+        if result.configuration:
+            log.error(
+                f"Slack refused alert {alert.id} ({result.detail}): fix SLACK_BOT_TOKEN or "
+                f"SHOPFLOW_SLACK_CHANNEL, or invite the bot to the channel (scope chat:write). Next attempt "
+                f"by {_clock(state.not_before)}; {len(state.queue)} alert(s) waiting."
+            )
+        else:
+            log.warning(
+                f"Slack did not take alert {alert.id} ({result.detail}); next attempt by "
+                f"{_clock(state.not_before)}; {len(state.queue)} alert(s) waiting, oldest from "
+                f"{_clock(state.queue[0].created)}."
+            )
+        return report
+    return report
+
+
+def _delivered(state: OutboxState, ids: list[str], alert: Alert) -> None:
+    state.queue.pop(0)
+    state.delivered += 1
+    state.recent = (state.recent + [alert.id] + [i["id"] for i in alert.items])[-RECENT:]
+    ids.append(alert.id)
+    state.failures, state.not_before, state.waiting_for, state.last_error = 0, 0.0, "", ""
+    state.probe_failed = state.unreachable = False
+
+
+def _forget(markers: Markers, alert_id: str, log: logging.Logger) -> None:
+    try:
+        markers.remove(alert_id)
+    except Exception as error:  # noqa: BLE001 (a stale marker costs one history read later)
+        log.info(f"Delivery marker of {alert_id} not removed ({type(error).__name__}); checked next time")
+
+
+def _wait(state: OutboxState, at: float, error: str, *, retry_after=None, configuration=False) -> None:
+    state.failures += 1
+    state.last_error = error
+    state.probe_failed = state.unreachable = False
+    if retry_after is not None:
+        state.waiting_for, delay = "rate_limit", retry_after
+    else:
+        state.waiting_for = "configuration" if configuration else "slack"
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (state.failures - 1)) * random.uniform(0.8, 1.2)
+    state.not_before = at + delay
+
+
+def _fold_overdue(state, held, now, summary_after, log, report) -> None:
+    """Alerts undelivered for longer than `summary_after` (or beyond MAX_QUEUE) join one DELAYED
+    message, in order. An alert whose delivery is in doubt stays until the channel says; a DELAYED
+    message already attempted is never changed (it may be in the channel): a new one follows it."""
+    overflow = len(state.queue) - MAX_QUEUE
+    keep: list[Alert] = []
+    summary: Alert | None = None
+    for index, alert in enumerate(state.queue):
+        doubtful = alert.uncertain or alert.id in held
+        overdue = now - alert.created > summary_after or index < overflow
+        if alert.kind == "DELAYED":
+            if not doubtful and summary is None:  # not in the channel: it may still grow
+                summary = alert
+            keep.append(alert)
+            continue
+        if not overdue or doubtful:
+            keep.append(alert)
+            continue
+        if summary is None:
+            summary = Alert(id=f"delayed:{alert.id}", kind="DELAYED", text="", created=alert.created)
+            keep.append(summary)
+        log.warning(
+            f"Alert {alert.id} undelivered since {_clock(alert.created)} (Slack: {state.last_error or 'no answer'}): "
+            f"it goes into the DELAYED summary. Its text:\n{alert.text}"
+        )
+        if len(summary.items) < MAX_SUMMARY_ITEMS:
+            summary.items.append(summary_item(alert))
+        else:
+            summary.more += 1
+        state.summarised += 1
+        report.summarised.append(alert.id)
+    if summary is not None:
+        summary.text = delayed_message(summary.items, summary.more, summary_after, state.last_error)
+    state.queue = keep
+
+
+def summary_item(alert: Alert) -> dict:
+    lines = alert.text.splitlines()
+    key = next((l for l in lines if l.startswith(("• Error:", "• Why:", "• Rows:"))), "")
+    link = next((l.split(": ", 1)[1] for l in lines if l.startswith(("• Run:", "• Asset:"))), "")
+    return {"id": alert.id, "kind": alert.kind, "created": alert.created, "headline": lines[0] if lines else "",
+            "key": key.lstrip("• "), "link": link}
+
+
+def delayed_message(items: list[dict], more: int, summary_after: float, last_error: str) -> str:
+    minutes = max(1, round(summary_after / 60))
+    head = (
+        f":warning: DELAYED: {len(items) + more} alert(s) could not be delivered for more than {minutes} min"
+        + (f" (Slack: {last_error})" if last_error else "")
+        + ". Here they are, oldest first:"
+    )
+    tail = "Full texts: the daemon's log (sensor shopflow_alerts). Nothing was dropped."
+    lines, used = [head], len(head) + len(tail) + 2
+    for n, item in enumerate(items[:MAX_SUMMARY_ITEMS], start=1):
+        line = f"{n}. {_clock(item['created'])} {item['headline']}"
+        if item.get("key"):
+            line += f" | {item['key']}"
+        if item.get("link"):
+            line += f" | {item['link']}"
+        line = line if len(line) <= 400 else line[:399] + "…"
+        if used + len(line) + 80 > MAX_MESSAGE_CHARS:
+            lines.append(f"…and {len(items) - n + 1 + more} more (their full texts are in the daemon's log)")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    else:
+        if more:
+            lines.append(f"…and {more} more (their full texts are in the daemon's log)")
+    lines.append(tail)
+    return "\n".join(lines)
+
+
+def _clock(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
