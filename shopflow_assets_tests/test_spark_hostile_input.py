@@ -1,6 +1,7 @@
 """The hostile exports of test_hostile_input.py, all in one day, through both engines: the Spark
 ingest loads and rejects exactly what the DuckDB ingest does (rows, lines, reasons), on the real
-standalone cluster. One run per engine: the cases are files, and each file stands alone."""
+standalone cluster. One run per engine: the cases are files, and each file stands alone. Two files
+are big enough that Spark would split them, which would break their line numbers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from shopflow_assets.assets import raw_orders
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse
 from shopflow_assets.resources import LandingZone
 
-from .conftest import failure_messages
+from .conftest import csv_text, failure_messages, line
 from .test_hostile_input import ACCEPTED_CASES, DAY
 
 ROW_COLUMNS = (
@@ -35,6 +36,11 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
     files = {}
     for n, case in enumerate(ACCEPTED_CASES.values()):
         files.update({f"case{n:02d} {name}": content for name, content in case.files.items()})
+    # Files past Spark's split size (8 MB here): each must still be read in one piece, or its line
+    # numbers would be wrong; one of them also has a quoted newline deep inside.
+    big = [line(f"BIG-{i}") for i in range(110_000)]
+    files["case-big plain.csv"] = csv_text(big)
+    files["case-big multiline.csv"] = csv_text(big[:60_000] + [line("BIG-NL", product_id="two\nlines")] + big[60_000:])
     landing.export(DAY, files)
     engines = {
         "duckdb": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")),
@@ -55,7 +61,7 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
 
     duck_rows, duck_rejects = got["duckdb"]
     spark_rows, spark_rejects = got["spark"]
-    expected_loaded = sum(len(c.loaded) for c in ACCEPTED_CASES.values())
+    expected_loaded = sum(len(c.loaded) for c in ACCEPTED_CASES.values()) + 2 * 110_000 + 1
     assert len(duck_rows) == expected_loaded
     assert spark_rows == duck_rows
     assert spark_rejects == duck_rejects

@@ -52,6 +52,7 @@ from shopflow_assets.export_contract import (
 )
 
 RAW_DB = "raw.db"
+SPLIT_FILE_LINE = 1 << 33  # monotonically_increasing_id() of the first row of a second partition
 TABLES = ("orders", "orders_rejected")
 HEADER_BYTES = 1024 * 1024  # a header line longer than this is not a header
 # A quoted field, Friedl's unrolled loop (no regex recursion per character: fields may be MBs).
@@ -127,17 +128,20 @@ def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
             DataFrame.unionByName,
             [parsed_records(spark, f, headers[f.idx], f.idx in multiline) for f in files],
         ) if files else None
+        checked = None
         if parsed is not None:
-            checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.MEMORY_AND_DISK)
-            try:
+            checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.DISK_ONLY)
+        try:
+            if checked is not None:
                 write_staged(valid_rows(checked), f"{stage}/orders")
                 write_staged(rejected_rows(checked), f"{stage}/orders_rejected")
-            except Exception as error:
-                raise bad_file_error(error, files) or error
-            finally:
+            counts = summary(checked, fs, days, files)
+        except Exception as error:
+            raise bad_file_error(error, files) or error
+        finally:
+            if checked is not None:
                 checked.unpersist()
         watchdog.check()
-        counts = summary(spark, fs, stage, days, files)
         fs.publish(stage, days)
         log.info(
             f"Published {days[0]}..{days[-1]}: {sum(counts['rows_by_day'].values())} rows loaded, "
@@ -199,9 +203,10 @@ def hadoop_path(path: str) -> str:
 def file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     """The file's lines with their physical line number (header = 1).
 
-    The job reads every file as one partition (spark.sql.files.maxPartitionBytes is set past any
-    export's size, and .gz files never split), so a line's index within its partition is its index
-    in the file: monotonically_increasing_id() is exactly that for partition 0.
+    The job reads every file as one partition (spark.sql.files.maxPartitionBytes past any export's
+    size and spark.sql.files.minPartitionNum 1, set by the engine; .gz files never split), so a
+    line's index within its partition is its index in the file: monotonically_increasing_id() is
+    exactly that for partition 0 (a second partition would start at 2^33: see summary()).
     """
     lines = spark.read.option("lineSep", "\n").text(hadoop_path(f.path))
     value = F.col("value")
@@ -359,22 +364,27 @@ def bad_file_error(error: Exception, files: list[ExportFile]) -> BadExportError 
     )
 
 
-def summary(spark: SparkSession, fs: "HadoopFiles", stage: str, days: list[str], files: list[ExportFile]) -> dict[str, Any]:
-    """Rows per day, rejects per rule, files and bytes, counted in the staged tables."""
+def summary(checked: DataFrame | None, fs: "HadoopFiles", days: list[str], files: list[ExportFile]) -> dict[str, Any]:
+    """Rows per day, rejects per rule, files and bytes: one aggregation over the checked rows (the
+    driver sees one row per day and reason, never an order row)."""
     rows_by_day = {day: 0 for day in days}
     rejected_by_reason: dict[str, int] = {}
     rejected = 0
-    valid = fs.read_staged(spark, f"{stage}/orders")
-    if valid is not None:
-        for row in valid.groupBy("dt").count().collect():
-            rows_by_day[str(row.dt)] = row["count"]
-    rejects = fs.read_staged(spark, f"{stage}/orders_rejected")
-    if rejects is not None:
-        rules = F.explode(
-            F.when(F.col("reason").startswith(MALFORMED_ROW), F.array(F.lit(MALFORMED_ROW))).otherwise(F.split("reason", "; "))
-        )
-        rejected_by_reason = {r.rule: r["count"] for r in rejects.select(rules.alias("rule")).groupBy("rule").count().collect()}
-        rejected = rejects.count()
+    groups = (
+        checked.groupBy("dt", "reason").agg(F.count("*").alias("count"), F.max("_source_line").alias("last_line")).collect()
+        if checked is not None
+        else []
+    )
+    if any(g.last_line >= SPLIT_FILE_LINE for g in groups):  # never published: see file_lines()
+        raise RuntimeError("a file was read as several partitions, so its line numbers are wrong")
+    for group in groups:
+        if group.reason == "":
+            rows_by_day[str(group.dt)] += group["count"]
+            continue
+        rejected += group["count"]
+        rules = [MALFORMED_ROW] if group.reason.startswith(MALFORMED_ROW) else group.reason.split("; ")
+        for rule in rules:
+            rejected_by_reason[rule] = rejected_by_reason.get(rule, 0) + group["count"]
     return {
         "rows_by_day": rows_by_day,
         "rows_rejected": rejected,
@@ -398,11 +408,6 @@ class HadoopFiles:
 
     def size(self, path: str) -> int:
         return self.fs.getFileStatus(self._Path(path)).getLen()
-
-    def read_staged(self, spark: SparkSession, path: str) -> DataFrame | None:
-        """A staged table, or None when no day of it has rows (Spark cannot read an empty folder)."""
-        statuses = self.fs.globStatus(self._Path(hadoop_path(path) + "/dt=*"))
-        return spark.read.parquet(path) if statuses is not None and len(statuses) > 0 else None
 
     def delete(self, path: str) -> None:
         self.fs.delete(self._Path(path), True)

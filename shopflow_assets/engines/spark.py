@@ -130,6 +130,7 @@ class SparkWarehouse(Warehouse):
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             # One partition per file: a line's index in its partition is its line (see the job).
             "spark.sql.files.maxPartitionBytes": str(1 << 40),
+            "spark.sql.files.minPartitionNum": "1",  # else a file is split to give every core a share
             "spark.sql.warehouse.dir": self.warehouse_dir,
             "spark.sql.catalogImplementation": "in-memory",  # the ingest writes paths, not the metastore
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
