@@ -34,7 +34,7 @@ from dagster import (
     sensor,
 )
 
-from shopflow_assets.alerts import StepFailure, broke_message, ready_message
+from shopflow_assets.alerts import StepFailure, broke_message, one_line, ready_message
 from shopflow_assets.asset_keys import FACT_SALES
 from shopflow_assets.freshness import LatenessState, evaluate_lateness
 from shopflow_assets.outbox import Alert, InstanceMarkers, OutboxState, deliver
@@ -83,9 +83,11 @@ def assets_of_run(instance: DagsterInstance, run) -> set:
 
 def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str | None) -> StepFailure:
     """A run failed outside its steps. Its failure event only says "marked as failed from outside
-    the execution context"; the engine event before it says why (the code server saw the run process
-    "terminated by signal 9 (SIGKILL)", or shopflow_run_watchdog found the worker gone), and the step
-    it was in is the one that started and never ended."""
+    the execution context"; the engine event before it says why: the code server saw the run process
+    "terminated by signal 9 (SIGKILL)", shopflow_run_watchdog found the worker gone ("Run worker
+    lost"), or the run queue could not start it (an engine event with an error, e.g. "Run dequeue
+    failed to reach the user code server"). The step it was in is the one that started and never
+    ended."""
     started, ended, engine_messages = [], set(), []
     kinds = {
         DagsterEventType.STEP_START,
@@ -95,15 +97,18 @@ def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str
         DagsterEventType.ENGINE_EVENT,
     }
     for entry in instance.all_logs(run_id, of_type=kinds):
-        kind = entry.dagster_event_type
+        kind, message = entry.dagster_event_type, (entry.message or "").strip()
         if kind == DagsterEventType.STEP_START:
             started.append(entry.step_key)
         elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_SKIPPED):
             ended.add(entry.step_key)
-        elif kind == DagsterEventType.ENGINE_EVENT and (
-            "terminated" in (entry.message or "") or (entry.message or "").startswith(LOST_WORKER)
-        ):
-            engine_messages.append(entry.message)
+        elif kind == DagsterEventType.ENGINE_EVENT:
+            data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+            error = data.error if data is not None else None
+            if error is not None:
+                engine_messages.append(f"{message.rstrip('.')}: {one_line(error.message)}")
+            elif "terminated" in message or message.startswith(LOST_WORKER):
+                engine_messages.append(message)
     running = [step for step in started if step not in ended]
     error = engine_messages[-1] if engine_messages else (run_message or "run failed")
     return StepFailure(step=running[-1] if running else "(run)", error=error.strip().splitlines()[0])
