@@ -23,7 +23,7 @@ again on a later tick, never waiting on Slack within a tick (one request, a few 
   The queue also holds at most MAX_QUEUE messages; older ones join the summary early.
 
 Exactly once, from the channel's point of view. Before each attempt the outbox writes a delivery
-marker (the alert's id) to the instance storage, outside the cursor: a dynamic-partition key of
+marker (the alert's id and the attempt's time) to the instance storage, outside the cursor: a dynamic-partition key of
 MARKERS, through DagsterInstance.add_dynamic_partitions (public, and written at once, not at the end
 of the tick). Each message also carries Slack message metadata with its id. A message that is still
 queued but has a marker may be in the channel already: the daemon was killed (or the cursor write
@@ -31,9 +31,11 @@ failed) between Slack's 200 and the outbox's update, or the attempt timed out. B
 again, the outbox reads the channel's history since the attempt (conversations.history with
 include_all_metadata) and takes the message as delivered if it is there. Slack's chat.postMessage has
 no idempotency key (client_msg_id is not one of its documented arguments), so the channel itself is
-the only record that can say. Markers go once the cursor that records the outcome is stored. If the
-history cannot be read at all (the bot lacks channels:history), the outbox sends again and logs that
-it could not check: at least once, not exactly once, for that message only.
+the only record that can say. (It first lets IN_FLIGHT_SECONDS pass since the marked attempt began:
+the code server of a daemon killed a moment ago may still be finishing that very request.) Markers
+go once the cursor that records the outcome is stored. If the history cannot be read at all (the
+bot lacks channels:history), the outbox sends again and logs that it could not check: at least once,
+not exactly once, for that message only.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ TICK_BUDGET_SECONDS = 20.0
 # A message posted by an attempt shows in the history with a `ts` a little after the attempt's
 # start; look from well before it, in case the clocks of Slack and of this host differ.
 CLOCK_SLACK = 120.0
+# An attempt this recent may still be under way in another process (the code server of a daemon
+# killed a moment ago finishing its tick): wait for it to end before looking in the channel.
+IN_FLIGHT_SECONDS = 30.0
 
 
 class Slack(Protocol):
@@ -69,27 +74,38 @@ class Slack(Protocol):
 
 
 class Markers(Protocol):
-    """Delivery markers, durable as soon as `add` returns."""
+    """Delivery markers, durable as soon as `add` returns: alert id -> when its attempt began."""
 
-    def all(self) -> set[str]: ...
-    def add(self, alert_id: str) -> None: ...
+    def all(self) -> dict[str, float]: ...
+    def add(self, alert_id: str, at: float) -> None: ...
     def remove(self, alert_id: str) -> None: ...
 
 
 class InstanceMarkers:
-    """Markers kept in Dagster's instance storage, as dynamic-partition keys of MARKERS."""
+    """Markers kept in Dagster's instance storage, as dynamic-partition keys of MARKERS, each
+    "<alert id> @ <epoch seconds of the attempt>"."""
 
     def __init__(self, instance):
         self.instance = instance
 
-    def all(self) -> set[str]:
-        return set(self.instance.get_dynamic_partitions(MARKERS))
+    def _keys(self) -> dict[str, list[str]]:
+        keys: dict[str, list[str]] = {}
+        for key in self.instance.get_dynamic_partitions(MARKERS):
+            keys.setdefault(key.rsplit(" @ ", 1)[0], []).append(key)
+        return keys
 
-    def add(self, alert_id: str) -> None:
-        self.instance.add_dynamic_partitions(MARKERS, [alert_id])
+    def all(self) -> dict[str, float]:
+        return {
+            alert_id: max(float(k.rsplit(" @ ", 1)[1]) if " @ " in k else 0.0 for k in keys)
+            for alert_id, keys in self._keys().items()
+        }
+
+    def add(self, alert_id: str, at: float) -> None:
+        self.instance.add_dynamic_partitions(MARKERS, [f"{alert_id} @ {at:.3f}"])
 
     def remove(self, alert_id: str) -> None:
-        self.instance.delete_dynamic_partition(MARKERS, alert_id)
+        for key in self._keys().get(alert_id, []):
+            self.instance.delete_dynamic_partition(MARKERS, key)
 
 
 @dataclass
@@ -174,9 +190,9 @@ def deliver(
     # markers whose message has left the queue in a stored cursor are done with
     held = markers.all()
     queued = {a.id for a in state.queue}
-    for alert_id in held - queued:
+    for alert_id in set(held) - queued:
         markers.remove(alert_id)
-    held &= queued
+    held = {alert_id: at for alert_id, at in held.items() if alert_id in queued}
 
     _fold_overdue(state, held, started, summary_after, log, report)
 
@@ -195,8 +211,11 @@ def deliver(
 
     while state.queue and now() - started < budget:
         alert = state.queue[0]
+        if alert.id in held and started - held[alert.id] < IN_FLIGHT_SECONDS:
+            report.waiting = f"an attempt to send {alert.id} began {started - held[alert.id]:.0f} s ago elsewhere"
+            return report
         if alert.uncertain or alert.id in held:
-            since = (alert.last_attempt or alert.created) - CLOCK_SLACK
+            since = min(held.get(alert.id, started), alert.last_attempt or alert.created) - CLOCK_SLACK
             lookup = slack.find_posted({alert.id}, since, state.channel_id)
             if lookup.unavailable:
                 _wait(state, now(), f"reading the channel's history: {lookup.unavailable}", retry_after=lookup.retry_after)
@@ -219,12 +238,12 @@ def deliver(
                 continue
             alert.uncertain = False
         try:
-            markers.add(alert.id)  # written before the attempt; see the module's doc
+            markers.add(alert.id, now())  # written before the attempt; see the module's doc
         except Exception as error:  # noqa: BLE001 (storage down: no attempt without a marker)
             report.error = f"cannot write the delivery marker: {type(error).__name__}: {str(error)[:200]}"
             log.warning(f"Alert {alert.id} not sent this tick: {report.error}")
             return report
-        held.add(alert.id)
+        held[alert.id] = now()
         alert.attempts += 1
         alert.last_attempt = now()
         result = slack.send(alert.text, alert.id)
@@ -236,7 +255,7 @@ def deliver(
             alert.uncertain = True
         else:
             _forget(markers, alert.id, log)
-            held.discard(alert.id)
+            held.pop(alert.id, None)
         _wait(state, now(), result.detail, retry_after=result.retry_after, configuration=result.configuration)
         state.unreachable = result.unreachable
         report.error = state.last_error
