@@ -62,7 +62,7 @@ TICK_BUDGET_SECONDS = 20.0
 CLOCK_SLACK = 120.0
 # An attempt this recent may still be under way in another process (the code server of a daemon
 # killed a moment ago finishing its tick): wait for it to end before looking in the channel.
-IN_FLIGHT_SECONDS = 30.0
+IN_FLIGHT_SECONDS = 20.0
 
 
 class Slack(Protocol):
