@@ -66,7 +66,6 @@ class Chaos:
         self.log_path = self.tmp / "daemon.log"
         self.events: list[tuple[float, str]] = []
         self.broken_days: set[str] = set()  # days whose latest export is broken
-        self.kills: dict[str, float] = {}  # run id -> when its worker was killed
         self.daemon: subprocess.Popen | None = None
         self.sessions: list[int] = []
         self.t0 = time.monotonic()
@@ -128,7 +127,6 @@ class Chaos:
         except ProcessLookupError:
             self.pending.append((time.monotonic() + 0.5, lambda: self.kill_worker(with_code_server, deadline)))
             return
-        self.kills[run.run_id] = time.monotonic()
         what = f"SIGKILL run worker {pid} of {run.tags.get('dagster/partition')} ({run.job_name[:40]})"
         if with_code_server and parent:
             os.kill(parent, signal.SIGKILL)
@@ -368,8 +366,7 @@ class Chaos:
         for b in builds:
             if f"ready:{b.storage_id}" in by_id:
                 delays.append(by_id[f"ready:{b.storage_id}"].at - b.timestamp)
-        lost = [r for r in failed if any(m in (by_id.get(f"broke:{r.run_id}").text if f"broke:{r.run_id}" in by_id else "")
-                                         for m in ("Run worker lost",))]
+        lost = [r for r in failed if "Run worker lost" in getattr(by_id.get(f"broke:{r.run_id}"), "text", "")]
         print(f"Alerts in the channel: {len(ids)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}); "
               f"event -> Slack: median {statistics.median(delays):.0f} s, max {max(delays):.0f} s"
               if delays else f"Alerts in the channel: {len(ids)}")

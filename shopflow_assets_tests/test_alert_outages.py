@@ -167,6 +167,23 @@ def of_kind(slack_server, kind: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_watchdog_tells_a_live_worker_from_a_dead_or_reused_pid():
+    """(In process, no daemon.) A worker is alive only if its pid runs and started before its run."""
+    from shopflow_assets.sensors.run_watchdog import process_start_time
+
+    started = process_start_time(os.getpid())
+    assert started is not None and abs(started - time.time()) < 24 * 3600 and started <= time.time()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_start_time(child.pid) >= started  # a live process, started later than us
+        child.kill()
+        time.sleep(0.2)
+        assert process_start_time(child.pid) is None  # a zombie: it has exited, unread
+    finally:
+        child.wait()
+    assert process_start_time(child.pid) is None  # gone
+
+
 def alert_ticks_until(daemon: Daemon, mark: int, words: str) -> int:
     """How many ticks of shopflow_alerts after log position `mark`, up to the first whose summary
     has `words` (0: none yet)."""
