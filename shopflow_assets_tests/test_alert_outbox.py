@@ -66,8 +66,8 @@ def test_delivered_in_order_once_across_a_503_outage_and_refused_connections(sla
     # while backing off, each tick only asks api.test (no post, no marker)
     slack_server.outage(None)
     slack_server.refuse_connections()
-    for _ in range(3):
-        clock.advance(3)
+    for _ in range(3):  # 3 x 2 s + 1 s below stays inside the shortest back-off (8 s)
+        clock.advance(2)
         assert tick(state, slack, markers, clock).sent == []
     assert [r.path for r in slack_server.requests] == ["/api/chat.postMessage"]  # the probes were refused
 
