@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import json
 
 import duckdb
 import pytest
@@ -189,14 +188,14 @@ def test_failed_dbt_test_is_a_broke_alert_and_stops_the_rollup(run, landing, war
     assert "expression_is_true_fact_sales_quantity__quantity_1 fail" in message  # the one-line error
 
 
-def test_dbt_compilation_error_is_permanent(tmp_path):
+def test_dbt_compilation_error_is_permanent(tmp_path, monkeypatch):
     # a real dbt compilation error, in a copy of the project with a broken ref
     project = tmp_path / "shopflow_dbt"
     shutil.copytree(REPO_ROOT / "shopflow_dbt", project, ignore=shutil.ignore_patterns("target", "logs"))
     (project / "models" / "marts" / "fact_sales.sql").write_text("select * from {{ ref('no_such_model') }}")
+    monkeypatch.setenv("SHOPFLOW_WAREHOUSE", str(tmp_path / "w.duckdb"))  # what profiles.yml reads
     invocation = DbtCliResource(project_dir=str(project), dbt_executable=dbt_executable()).cli(
-        ["build", "--vars", json.dumps({"warehouse_path": str(tmp_path / "w.duckdb")})],
-        target_path=tmp_path / "target",
+        ["build"], target_path=tmp_path / "target"
     )
     with pytest.raises(Exception) as raised:
         invocation.wait()

@@ -182,3 +182,43 @@ def test_the_dbt_tests_of_a_day_look_at_that_day_only(run, landing, warehouse_pa
     assert not result.success
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"expression_is_true_fact_sales_quantity__quantity_1"}, failed
+
+
+def dbt_parse_events(result) -> list[str]:
+    """The names of dbt's own parse events in the log of the run's dbt invocation."""
+    import json
+    from pathlib import Path
+
+    from shopflow_assets.project import shopflow_dbt_project
+
+    log = Path(shopflow_dbt_project.project_dir) / "target" / "runs" / result.run_id / "dbt.log"
+    names = [json.loads(text)["info"]["name"] for text in log.read_text().splitlines() if text.startswith("{")]
+    return [n for n in names if "Pars" in n and n != "ParseCmdOut"]
+
+
+def test_runs_after_the_first_do_not_parse_the_project_again(run, landing, warehouse_path, resources):
+    """The day window reaches dbt in the environment, not in --vars, and each invocation's saved
+    parse is the next one's start: dbt's own log says it skipped parsing, also after a day change
+    and after a change of the warehouse's settings (only the first run after it parses again)."""
+    from shopflow_assets.engines import DuckDBWarehouse
+
+    for day in ("2024-03-01", "2024-03-02", "2024-03-03"):
+        landing.export(day, {"a.csv": csv_text([line("A", day=day)])})
+    assert run("2024-03-01").success
+    second = run("2024-03-02")
+    assert second.success
+    assert "PartialParsingSkipParsing" in dbt_parse_events(second)
+    assert "UnableToPartialParse" not in dbt_parse_events(second)
+
+    # a new memory limit changes dbt's profile: the first run after it parses, the next does not
+    resources["warehouse"] = DuckDBWarehouse(path=str(warehouse_path), memory_limit="1GB")
+    changed = run("2024-03-03")
+    assert changed.success and "UnableToPartialParse" in dbt_parse_events(changed)
+    after = run("2024-03-01")
+    assert after.success
+    assert "PartialParsingSkipParsing" in dbt_parse_events(after)
+    assert "UnableToPartialParse" not in dbt_parse_events(after)
+    # and each run built its own day only
+    assert [d for (d,) in query(warehouse_path, "SELECT dt::VARCHAR FROM analytics.daily_revenue ORDER BY dt")] == [
+        "2024-03-01", "2024-03-02", "2024-03-03"
+    ]

@@ -1,10 +1,12 @@
 """The dbt models as Dagster assets: fact_sales and daily_revenue, partitioned like raw/orders."""
 
 
+import contextlib
 import datetime as dt
-import json
+import os
 import shutil
 import sys
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -44,6 +46,9 @@ TRANSIENT_DBT_ERRORS = (
 # Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept.
 KEEP_INVOCATION_TARGETS = 10
 
+# dbt's saved parse, in a target folder (https://docs.getdbt.com/reference/parsing#partial-parsing)
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+
 
 class ShopflowDbtTranslator(DagsterDbtTranslator):
     """dbt nodes -> assets: model names are the asset keys (fact_sales, daily_revenue); the
@@ -69,14 +74,55 @@ def dbt_executable() -> str:
     return str(beside) if beside.exists() else "dbt"
 
 
-def partition_vars(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
-    """dbt vars for the days of the run: the half-open window [min_date, max_date), and where the
-    engine's warehouse is."""
+def dbt_environment(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
+    """What dbt needs from the run, as environment variables: the half-open window
+    [SHOPFLOW_DBT_MIN_DATE, SHOPFLOW_DBT_MAX_DATE) (macros/partition_window.sql) and where the
+    engine's warehouse is (profiles.yml). Not --vars: dbt discards its saved parse whenever --vars
+    change, and re-parsing the project cost more than running the day's SQL."""
     return {
-        "min_date": days[0].isoformat(),
-        "max_date": (days[-1] + dt.timedelta(days=1)).isoformat(),
-        **warehouse.dbt_vars(),
+        "SHOPFLOW_DBT_MIN_DATE": days[0].isoformat(),
+        "SHOPFLOW_DBT_MAX_DATE": (days[-1] + dt.timedelta(days=1)).isoformat(),
+        **warehouse.dbt_env(),
     }
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, then as it was. DbtCliResource.cli() hands dbt a copy of
+    os.environ and takes no environment of its own; the run's steps run one at a time in its
+    process (in_process_executor), so nothing else sees the change."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def keep_partial_parse(invocation_target: Path, project_target: Path) -> None:
+    """Make dbt's newest saved parse the one the next invocation starts from.
+
+    dagster-dbt copies <project>/target/partial_parse.msgpack into each invocation's own target
+    folder, and dbt writes its parse back there only. dbt discards a saved parse made with another
+    profile (its hash covers the connection's values: warehouse path, memory limit, Spark master),
+    so with the one written at setup every run whose settings differ from the setup's would parse
+    the project from scratch. Copied back (atomically: a run that starts meanwhile reads the old or
+    the new file, never half of one), only the first run after a settings change parses in full."""
+    fresh = invocation_target / PARTIAL_PARSE_FILE
+    shared = project_target / PARTIAL_PARSE_FILE
+    try:
+        content = fresh.read_bytes()
+        if shared.exists() and shared.read_bytes() == content:
+            return
+        with tempfile.NamedTemporaryFile(dir=project_target, prefix=".partial_parse.", delete=False) as tmp:
+            tmp.write(content)
+        os.replace(tmp.name, shared)
+    except OSError:  # no parse saved (dbt failed before), or the folder is read-only: parse next time
+        pass
 
 
 @dbt_assets(
@@ -96,14 +142,16 @@ def shopflow_dbt_models(
 ) -> Iterator[Any]:
     # A backfill of a range is one run, where context.partition_key raises: use the time window.
     days = days_of(context.partition_time_window)
-    vars_ = partition_vars(days, warehouse)
-    context.log.info(f"dbt build for [{vars_['min_date']}, {vars_['max_date']})")
-    runs_dir = Path(dbt.project_dir) / "target" / "runs"
-    invocation = dbt.cli(
-        ["build", "--target", warehouse.dbt_target, "--vars", json.dumps(vars_)],
-        context=context,
-        target_path=runs_dir / context.run_id,
-    )
+    env = dbt_environment(days, warehouse)
+    context.log.info(f"dbt build for [{env['SHOPFLOW_DBT_MIN_DATE']}, {env['SHOPFLOW_DBT_MAX_DATE']})")
+    project_target = Path(dbt.project_dir) / "target"
+    runs_dir = project_target / "runs"
+    with environment(env):
+        invocation = dbt.cli(
+            ["build", "--target", warehouse.dbt_target],
+            context=context,
+            target_path=runs_dir / context.run_id,
+        )
     events = []
     try:
         # Held back until dbt has exited: then the warehouse is free to count what it built.
@@ -113,6 +161,7 @@ def shopflow_dbt_models(
         yield from events  # what did build is recorded all the same
         raise classify_dbt_failure(error, invocation, days) from None
     finally:
+        keep_partial_parse(runs_dir / context.run_id, project_target)
         prune_invocation_targets(runs_dir)
     stats = built_stats(warehouse, days)
     for event in events:

@@ -65,8 +65,9 @@ class Warehouse(ConfigurableResource):
         """The output of shopflow_dbt/profiles.yml that runs the models on this engine."""
         return self.engine
 
-    def dbt_vars(self) -> dict[str, str]:
-        """dbt vars that point the target at this warehouse (beside the day window)."""
+    def dbt_env(self) -> dict[str, str]:
+        """Environment variables that point the dbt target at this warehouse (shopflow_dbt/
+        profiles.yml reads them; not --vars, which would cost dbt a full parse on every change)."""
         raise NotImplementedError
 
     @contextlib.contextmanager

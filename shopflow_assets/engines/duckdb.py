@@ -5,6 +5,7 @@ models run on dbt-duckdb."""
 from __future__ import annotations
 
 import contextlib
+import os
 import datetime as dt
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -69,8 +70,10 @@ class DuckDBWarehouse(Warehouse):
                 progress=context.log.info,
             )
 
-    def dbt_vars(self) -> dict[str, str]:
-        return {"warehouse_path": self.path, "memory_limit": self.memory_limit or ""}
+    def dbt_env(self) -> dict[str, str]:
+        limit = {"SHOPFLOW_DUCKDB_MEMORY_LIMIT": self.memory_limit} if self.memory_limit else {}
+        # absolute: dbt runs in the dbt project folder
+        return {"SHOPFLOW_WAREHOUSE": os.path.abspath(self.path), **limit}
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:

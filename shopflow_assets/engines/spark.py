@@ -155,8 +155,8 @@ class SparkWarehouse(Warehouse):
             "SPARK_HOME": str(spark_home()),
         }
 
-    def dbt_vars(self) -> dict[str, str]:
-        return {"spark_warehouse": self.warehouse_dir, "spark_master": self.master}
+    def dbt_env(self) -> dict[str, str]:
+        return {"SHOPFLOW_SPARK_WAREHOUSE": self.warehouse_dir, "SHOPFLOW_SPARK_MASTER": self.master}
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:

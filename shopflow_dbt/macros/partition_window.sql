@@ -1,15 +1,23 @@
-{#- The rows of the partition window being built: [var('min_date'), var('max_date')). -#}
+{#- The rows of the partition window being built: [min_date, max_date). -#}
 {% macro partition_window(column='dt') -%}
     {%- set min_date, max_date = partition_window_bounds() -%}
     {{ column }} >= cast('{{ min_date }}' as date) and {{ column }} < cast('{{ max_date }}' as date)
 {%- endmacro %}
 
-{#- The window's bounds as YYYY-MM-DD strings, checked here: Spark (dbt-spark turns ANSI mode off)
-    would cast a malformed date to NULL and silently build an empty window. -#}
+{#- The window's bounds as YYYY-MM-DD strings. Dagster passes them in the environment,
+    SHOPFLOW_DBT_MIN_DATE / SHOPFLOW_DBT_MAX_DATE, read only when dbt executes (`execute`), never
+    while it parses: dbt re-parses the whole project when --vars change, and re-parses a file whose
+    env_var() value changed, so a window read at parse time would cost a parse on every run. The
+    SQL a node is parsed with does not matter (parsing only collects refs and configs). Without
+    them (a plain `dbt build`, or `--vars '{min_date: ..., max_date: ...}'` by hand) the vars of
+    dbt_project.yml apply: every day.
+    The bounds are checked here: Spark (dbt-spark turns ANSI mode off) would cast a malformed date
+    to NULL and silently build an empty window. -#}
 {% macro partition_window_bounds() -%}
     {%- set bounds = [] -%}
     {%- for name in ['min_date', 'max_date'] -%}
-        {%- set value = var(name) | string -%}
+        {%- set setting = 'SHOPFLOW_DBT_' ~ (name | upper) -%}
+        {%- set value = (env_var(setting, '') if execute else '') or (var(name) | string) -%}
         {%- set ymd = modules.re.fullmatch('([0-9]{4})-([0-9]{2})-([0-9]{2})', value) -%}
         {%- set y, m, d = (ymd.groups() | map('int') | list) if ymd else (0, 0, 0) -%}
         {%- set valid = y >= 1 and 1 <= m <= 12 and 1 <= d <= 28 -%}
@@ -19,7 +27,7 @@
             {%- set valid = 1 <= d <= 31 -%}
         {%- endif -%}
         {%- if not valid -%}
-            {%- do exceptions.raise_compiler_error('var ' ~ name ~ ' must be a date YYYY-MM-DD, got ' ~ value) -%}
+            {%- do exceptions.raise_compiler_error(setting ~ ' (or var ' ~ name ~ ') must be a date YYYY-MM-DD, got ' ~ value) -%}
         {%- endif -%}
         {%- do bounds.append(value) -%}
     {%- endfor -%}
