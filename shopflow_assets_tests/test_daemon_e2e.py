@@ -127,6 +127,11 @@ def test_an_export_flows_to_daily_revenue_exactly_once(daemon, landing, warehous
     quiet_for(3 * SENSOR_INTERVAL)
 
     assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
+    # one run built the day: the export sensor's, ingest then models; the automation condition of
+    # the models saw raw/orders updated by a run that targeted them too, and requested nothing
+    (only_run,) = instance.get_runs(filters=RunsFilter(tags={"dagster/partition": day}))
+    assert only_run.tags.get("dagster/sensor_name") == "shopflow_export_landed"
+    assert {k.to_user_string() for k in only_run.asset_selection} == set(KEYS)
     assert query(warehouse_path, "SELECT dt, orders, order_lines, units, net_revenue FROM analytics.daily_revenue") == [
         (dt.date(2024, 3, 1), 1, 1, 2, Decimal("19.00"))
     ]
@@ -174,3 +179,16 @@ def test_two_days_landing_at_once_are_both_built_without_lock_failures(daemon, l
         ":white_check_mark: READY: fact_sales for 2024-03-04 landed",
         ":white_check_mark: READY: fact_sales for 2024-03-05 landed",
     ]
+
+    # raw/orders materialized on its own (here the CLI; the UI and a backfill alike): the
+    # data-aware path still builds that day's models, once
+    env = command_env(landing, warehouse_path, DAGSTER_HOME=os.environ["DAGSTER_HOME"], DAGSTER_PG_URL=os.environ["DAGSTER_PG_URL"])
+    cli = subprocess.run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "shopflow_assets.definitions", "--select", "raw/orders", "--partition", days[0]],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    wait_for(lambda: materializations(instance, days[0])["daily_revenue"] >= 2, 240, "the models after raw/orders alone", log)
+    quiet_for(3 * SENSOR_INTERVAL)
+    assert materializations(instance, days[0]) == {"raw/orders": 2, "fact_sales": 2, "daily_revenue": 2}
+    assert materializations(instance, days[1]) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}

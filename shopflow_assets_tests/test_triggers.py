@@ -19,7 +19,11 @@ from .conftest import csv_text, line
 def tick(landing, cursor=None):
     context = build_sensor_context(cursor=cursor, resources={"landing": LandingZone(root=str(landing.root))})
     result = export_landed_sensor(context)
-    return [(r.partition_key, r.asset_selection[0].to_user_string()) for r in result.run_requests or []], result.cursor
+    return [(r.partition_key, " ".join(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests or []], result.cursor
+
+
+# what a landing day's run builds: the ingest and, in the same run, its models
+DAY_RUN = "raw/orders fact_sales daily_revenue"
 
 
 def test_export_sensor_requests_each_finished_day_once_and_re_exports_again(landing):
@@ -27,19 +31,19 @@ def test_export_sensor_requests_each_finished_day_once_and_re_exports_again(land
     landing.write("2024-03-02", "a.csv", csv_text([line("B", day="2024-03-02")]))  # still being written
 
     requests, cursor = tick(landing)
-    assert requests == [("2024-03-01", "raw/orders")]
+    assert requests == [("2024-03-01", DAY_RUN)]
     assert tick(landing, cursor)[0] == []  # touching nothing gives nothing
 
     landing.finish("2024-03-02")
     requests, cursor = tick(landing, cursor)
-    assert requests == [("2024-03-02", "raw/orders")]
+    assert requests == [("2024-03-02", DAY_RUN)]
 
     # re-export of 03-01 with a changed file (same size, same name: only content and mtime differ)
     path = landing.day_dir("2024-03-01") / "a.csv"
     path.write_text(csv_text([line("Z")]))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     requests, cursor = tick(landing, cursor)
-    assert requests == [("2024-03-01", "raw/orders")]
+    assert requests == [("2024-03-01", DAY_RUN)]
     assert tick(landing, cursor)[0] == []
 
 
@@ -51,7 +55,7 @@ def test_export_sensor_never_skips_an_older_day_landing_late(landing):
     old = dt.datetime(2020, 1, 1).timestamp()
     for p in landing.day_dir("2024-03-01").iterdir():
         os.utime(p, (old, old))
-    assert tick(landing, cursor)[0] == [("2024-03-01", "raw/orders")]
+    assert tick(landing, cursor)[0] == [("2024-03-01", DAY_RUN)]
 
 
 def test_export_sensor_ignores_days_that_are_not_partitions(landing):
