@@ -33,6 +33,9 @@ def rerun_command(selection: str, days: list[dt.date]) -> str:
 
 
 PARTITION_TAG = "dagster/partition"
+# The export a run builds, `<day>:<fingerprint>`: set by the export sensor and by
+# `shopflow-push-export`, so that neither starts a day the other already started.
+EXPORT_TAG = "shopflow/export"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 

@@ -314,8 +314,8 @@ def spark_daemon(backfill, spark_cluster, slack_server, tmp_path):
 def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_once(
     spark_daemon, backfill, spark_cluster, slack_server
 ):
-    """Nobody at the keyboard: D's export lands with _SUCCESS -> the export sensor runs raw/orders
-    (a Spark application) -> automation builds fact_sales and daily_revenue (dbt on Spark) -> READY
+    """Nobody at the keyboard: D's export lands with _SUCCESS -> the export sensor's run: raw/orders
+    (a Spark application), then fact_sales and daily_revenue (dbt on Spark) -> READY
     reaches Slack's stand-in; one materialization of each asset. The export is D's re-export that
     empties it (a header-only file, a file of rows now all rejected): D ends empty in raw.orders,
     fact_sales and daily_revenue, and not a byte of the other days changes."""

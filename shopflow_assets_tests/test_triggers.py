@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import os
 
-from dagster import build_schedule_context, build_sensor_context
+from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
 from shopflow_assets.resources import LandingZone
 from shopflow_assets.schedules import daily_0200_schedule
@@ -16,8 +16,11 @@ from shopflow_assets.sensors.export_landed import export_landed_sensor
 from .conftest import csv_text, line
 
 
-def tick(landing, cursor=None):
-    context = build_sensor_context(cursor=cursor, resources={"landing": LandingZone(root=str(landing.root))})
+def tick(landing, cursor=None, instance=None):
+    instance = instance or DagsterInstance.ephemeral()  # no runs: nothing was pushed
+    context = build_sensor_context(
+        cursor=cursor, instance=instance, resources={"landing": LandingZone(root=str(landing.root))}
+    )
     result = export_landed_sensor(context)
     return [(r.partition_key, " ".join(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests or []], result.cursor
 
@@ -45,6 +48,23 @@ def test_export_sensor_requests_each_finished_day_once_and_re_exports_again(land
     requests, cursor = tick(landing, cursor)
     assert requests == [("2024-03-01", DAY_RUN)]
     assert tick(landing, cursor)[0] == []
+
+
+def test_export_sensor_leaves_an_export_that_was_pushed_to_its_run(landing, instance):
+    """shopflow-push-export started D's run (tagged with D's export): the sensor does not request it
+    again, and still requests D's next re-export."""
+    from shopflow_assets.definitions import defs
+    from shopflow_assets.run_window import EXPORT_TAG
+
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
+    (fingerprint,) = [f for d, f in LandingZone(root=str(landing.root)).finished_export_fingerprints()]
+    job = defs.resolve_job_def("shopflow_daily_job")
+    instance.create_run_for_job(job, tags={EXPORT_TAG: f"2024-03-01:{fingerprint}", "dagster/partition": "2024-03-01"})
+
+    requests, cursor = tick(landing, instance=instance)
+    assert requests == []
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A")]), "b.csv": csv_text([line("B")])})
+    assert tick(landing, cursor, instance=instance)[0] == [("2024-03-01", DAY_RUN)]
 
 
 def test_export_sensor_never_skips_an_older_day_landing_late(landing):

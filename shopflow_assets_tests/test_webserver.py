@@ -4,6 +4,7 @@ Debian's Chromium driven by Playwright. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,16 +36,15 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(response.read())["data"]
 
 
-@pytest.fixture
-def ui(landing, warehouse_path, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # the daemon's freshness evaluation runs every 30 s by default; faster here
-    env = command_env(landing, warehouse_path, DAGSTER_HOME=str(home), FRESHNESS_DAEMON_INTERVAL_SECONDS="5")
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def webserver_and_daemon(env: dict, port: int, tmp_path: Path):
+    """`dagster-webserver` on 127.0.0.1:port and `dagster-daemon`, as `dagster dev` starts them."""
     daemon_log = open(tmp_path / "daemon.log", "w")
     processes = [
         subprocess.Popen(
@@ -56,15 +56,33 @@ def ui(landing, warehouse_path, tmp_path):
             cwd=REPO_ROOT, env=env, stdout=daemon_log, stderr=subprocess.STDOUT, start_new_session=True,
         ),
     ]
-    yield port, env
-    daemon_log.close()
-    for process in processes:
-        os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    try:
+        yield
+    finally:
+        daemon_log.close()
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def dagster_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+@pytest.fixture
+def ui(landing, warehouse_path, tmp_path):
+    port = free_port()
+    # the daemon's freshness evaluation runs every 30 s by default; faster here
+    env = command_env(landing, warehouse_path, DAGSTER_HOME=str(dagster_home(tmp_path)), FRESHNESS_DAEMON_INTERVAL_SECONDS="5")
+    with webserver_and_daemon(env, port, tmp_path):
+        yield port, env
 
 
 def poll(port: int, predicate, timeout: float, log: Path | None = None):
@@ -176,3 +194,59 @@ def test_a_person_materializes_a_day_from_the_ui(ui, landing):
         expect(row).to_contain_text("3")
         page.screenshot(path=ARTIFACTS / "ui-asset-metadata.png", full_page=True)
         browser.close()
+
+
+def push(env: dict, day: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "shopflow-push-export"), day], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_pushed_export_is_built_at_once_and_only_once(landing, warehouse_path, tmp_path):
+    """The exporter's last step, `shopflow-push-export D`, starts D through the webserver's GraphQL
+    API; pushed again (while it runs and after), the day is not started again, and the export
+    sensor leaves it alone too. Dagster's own GraphQL client follows the run."""
+    from dagster import DagsterInstance, build_sensor_context
+    from dagster_graphql import DagsterGraphQLClient
+
+    from shopflow_assets.resources import LandingZone
+    from shopflow_assets.run_window import EXPORT_TAG
+    from shopflow_assets.sensors.export_landed import export_landed_sensor
+
+    from .daemon_helpers import materializations
+
+    port, home = free_port(), dagster_home(tmp_path)
+    # the sensors tick once when the daemon starts, then not for an hour: only the push starts D
+    env = command_env(
+        landing, warehouse_path, DAGSTER_HOME=str(home), SHOPFLOW_UI_URL=f"http://127.0.0.1:{port}",
+        SHOPFLOW_SENSOR_INTERVAL_SECONDS="3600",
+    )
+    day = "2024-03-01"
+    with webserver_and_daemon(env, port, tmp_path), DagsterInstance.from_config(str(home)) as instance:
+        poll(port, lambda d: len(d["assetNodes"]) == 3, 180)  # the code location is loaded
+        refused = push(env, day)  # before the export has finished: refused, saying why
+        assert refused.returncode == 1 and "has not finished" in refused.stderr and instance.get_runs() == []
+
+        landing.export(day, {"a.csv": csv_text([line("A", quantity=2)])})
+        pushed = time.monotonic()
+        first, second = push(env, day), push(env, day)
+        assert first.returncode == 0 and " started: " in first.stdout, first.stderr
+        run_id = first.stdout.split(" run ", 1)[1].split()[0]
+        assert second.returncode == 0 and f"run {run_id} already started" in second.stdout
+
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        deadline = time.monotonic() + 240
+        while client.get_run_status(run_id).value not in ("SUCCESS", "FAILURE", "CANCELED"):
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(0.5)
+        print(f"\npush -> run {client.get_run_status(run_id).value}: {time.monotonic() - pushed:.1f} s")
+        assert client.get_run_status(run_id).value == "SUCCESS"
+
+        assert f"run {run_id} already started" in push(env, day).stdout
+        (run,) = instance.get_runs()
+        assert run.run_id == run_id and run.tags[EXPORT_TAG].startswith(f"{day}:")
+        assert "dagster/sensor_name" not in run.tags
+        assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
+        # the export sensor, ticking now, finds D's export started and requests nothing
+        context = build_sensor_context(instance=instance, resources={"landing": LandingZone(root=str(landing.root))})
+        assert not export_landed_sensor(context).run_requests

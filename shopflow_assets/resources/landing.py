@@ -46,27 +46,19 @@ class LandingZone(ConfigurableResource):
         return self.orders_dir / f"dt={day.isoformat()}"
 
     def finished_export_fingerprints(self) -> Iterator[tuple[str, str]]:
-        """(day, fingerprint) of every finished export: one directory listing per day, no reads.
-
-        The fingerprint covers each export file's name, size and mtime and the `_SUCCESS` marker's
-        mtime, so a re-export (new or changed files, a new `_SUCCESS`) changes it.
-        """
+        """(day, fingerprint) of every finished export: one directory listing per day, no reads."""
         try:
             days = [e for e in os.scandir(self.orders_dir) if e.name.startswith("dt=") and e.is_dir()]
         except FileNotFoundError:
             return
         for day_dir in sorted(days, key=lambda e: e.name):
-            try:
-                entries = {e.name: e.stat() for e in os.scandir(day_dir.path) if e.is_file()}
-            except FileNotFoundError:  # removed while scanning
-                continue
-            marker = entries.get(SUCCESS_MARKER)
-            if marker is None:
-                continue  # still being written
-            digest = hashlib.sha256(f"{SUCCESS_MARKER}:{marker.st_mtime_ns}".encode())
-            for name in sorted(n for n in entries if is_export_file(n)):
-                digest.update(f"|{name}:{entries[name].st_size}:{entries[name].st_mtime_ns}".encode())
-            yield day_dir.name[len("dt=") :], digest.hexdigest()[:16]
+            fingerprint = export_fingerprint(day_dir.path)
+            if fingerprint is not None:
+                yield day_dir.name[len("dt=") :], fingerprint
+
+    def export_fingerprint(self, day: dt.date) -> str | None:
+        """The fingerprint of `day`'s finished export; None while it is not finished."""
+        return export_fingerprint(self.day_dir(day))
 
     def finished_export(self, day: dt.date) -> DayExport:
         """The files of `day`'s export, or ExportNotReady while it is still being written."""
@@ -92,3 +84,20 @@ class LandingZone(ConfigurableResource):
 
 def is_export_file(name: str) -> bool:
     return name.endswith(EXPORT_SUFFIXES) and not name.startswith((".", "_"))
+
+
+def export_fingerprint(directory: str | os.PathLike) -> str | None:
+    """What identifies one finished export of a day: each export file's name, size and mtime and
+    the `_SUCCESS` marker's mtime, so a re-export (new or changed files, a new `_SUCCESS`) changes
+    it. None while the export is still being written (no `_SUCCESS`) or the folder is gone."""
+    try:
+        entries = {e.name: e.stat() for e in os.scandir(directory) if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):  # removed while scanning
+        return None
+    marker = entries.get(SUCCESS_MARKER)
+    if marker is None:
+        return None
+    digest = hashlib.sha256(f"{SUCCESS_MARKER}:{marker.st_mtime_ns}".encode())
+    for name in sorted(n for n in entries if is_export_file(n)):
+        digest.update(f"|{name}:{entries[name].st_size}:{entries[name].st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]

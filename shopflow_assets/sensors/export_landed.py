@@ -9,6 +9,7 @@ one materialization of each asset per landing).
 
 The cursor maps each day to the fingerprint of its finished export, so a day is never skipped for
 clock or mtime order, and a re-export with new content is noticed, while an untouched day is not.
+An export that `shopflow-push-export` already started (a run tagged with it) is not requested again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -28,6 +30,7 @@ from dagster import (
 from shopflow_assets.asset_keys import DAILY_REVENUE, FACT_SALES, RAW_ORDERS
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.resources.landing import LandingZone
+from shopflow_assets.run_window import EXPORT_TAG
 from shopflow_assets.settings import get_settings
 
 
@@ -64,8 +67,12 @@ def export_landed_sensor(context: SensorEvaluationContext, landing: LandingZone)
         if not is_partition(day, now):
             context.log.warning(f"Ignoring export dt={day}: not a partition of raw/orders (yet)")
             continue
+        export = f"{day}:{fingerprint}"
+        if context.instance.get_run_records(RunsFilter(tags={EXPORT_TAG: export}), limit=1):
+            context.log.info(f"Export dt={day} was pushed (shopflow-push-export): its run is under way")
+            continue
         requests.append(
-            RunRequest(run_key=f"{day}:{fingerprint}", partition_key=day, asset_selection=DAY_ASSETS)
+            RunRequest(run_key=export, partition_key=day, asset_selection=DAY_ASSETS, tags={EXPORT_TAG: export})
         )
     cursor = json.dumps(seen, sort_keys=True, separators=(",", ":"))
     if not requests:
