@@ -1,17 +1,16 @@
 """Benchmark 4: an export's `_SUCCESS` written -> `daily_revenue` materialized, with the real
-`dagster-daemon` (embedded storage in a temporary DAGSTER_HOME holding a copy of dagster.yaml), for
-several days landed one after the other (CSV files, then `_SUCCESS` last, like the exporter).
-Target: median under 45 s at the recommended sensor interval.
+`dagster-daemon` and `dagster-webserver` (embedded storage in a temporary DAGSTER_HOME holding a copy
+of dagster.yaml), with the default settings, for several days landed one after the other (CSV files,
+then `_SUCCESS` last, like the exporter), first through the export sensor, then pushed
+(`shopflow-push-export D` right after `_SUCCESS`, the export sensor stopped so that it cannot take
+the day first). Target: median <= 15 s and worst <= 25 s through the sensor.
 
-    .venv/bin/python -m benchmarks.latency [--days 5] [--lines 20000] [--interval 10] [--warmup 1]
+    .venv/bin/python -m benchmarks.latency [--days 5] [--push-days 5] [--lines 20000] [--warmup 1]
 
-The interval defaults to $SHOPFLOW_SENSOR_INTERVAL_SECONDS, else its default, 10 s: at 30 s the two sensor waits
-alone average about 2 x 17 s, and the median cannot be under 45 s on 2 cores.
-
-Each landing waits a random part of the sensor interval first, so that the sensor's phase is as
-likely as in production (expected sensor wait about interval / 2, at most interval + 5 s). Every
-figure comes from the instance: sensor ticks, run records and run event logs; the dbt step is split
-with dbt's own log (target/runs/<run id>/dbt.log).
+Each sensor landing waits a random part of the sensor interval first, so that the sensor's phase is
+as likely as in production (expected sensor wait about interval / 2). Every figure comes from the
+instance: sensor ticks, run records and run event logs; the dbt step is split with dbt's own log
+(target/runs/<run id>/dbt.log).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,40 +40,36 @@ from dagster import (
 )
 
 from benchmarks._data import REPO_ROOT, cli_env, write_day
+from shopflow_assets.assets.dbt import dbt_executable
 from shopflow_assets.settings import Settings
 
 BIN = Path(sys.executable).parent
-TARGET_SECONDS = 45.0
-RECOMMENDED_INTERVAL = Settings.from_env({}).sensor_interval_seconds  # the default, as the README recommends
+TARGET_MEDIAN, TARGET_WORST = 15.0, 25.0
+DEFAULT_INTERVAL = Settings.from_env({}).sensor_interval_seconds
 RAW_ORDERS = AssetKey(["raw", "orders"])
 DAILY_REVENUE = AssetKey("daily_revenue")
 EXPORT_SENSOR = "shopflow_export_landed"
 AUTOMATION_SENSOR = "shopflow_automation"
+INGEST_STEP, DBT_STEP = "raw__orders", "shopflow_dbt_models"
 FIRST_DAY = dt.date(2024, 3, 1)
 
 # (column, explanation) in the order of the pipeline
 PHASES = [
-    ("sensor wait", "_SUCCESS mtime -> raw/orders run created (export sensor)"),
-    ("run start", "raw/orders run created -> its STEP_START"),
-    ("ingest", "raw/orders STEP_START -> materialization"),
-    ("automation wait", "raw/orders materialized -> dbt run created (automation sensor)"),
-    ("dbt run start", "dbt run created -> its STEP_START"),
-    ("dbt", "dbt STEP_START -> daily_revenue materialization"),
+    ("trigger", "_SUCCESS mtime -> the day's run created (export sensor tick, or the push command)"),
+    ("run start", "run created -> ingest STEP_START"),
+    ("ingest", "ingest STEP_START -> raw/orders materialized"),
+    ("hand-over", "raw/orders materialized -> dbt STEP_START (same run, next step)"),
+    ("dbt", "dbt STEP_START -> daily_revenue materialized"),
 ]
 DETAILS = [
-    ("export tick", "_SUCCESS mtime -> start of the export sensor tick that requested the run"),
-    ("raw dequeue", "raw run created -> launched by the run queue (RUN_STARTING)"),
-    ("raw worker", "raw RUN_STARTING -> RUN_START (run worker process up, code loaded)"),
-    ("raw step proc", "raw RUN_START -> STEP_START (step process, pool slot)"),
-    ("raw run end", "raw/orders materialized -> raw run finished (RUN_SUCCESS)"),
-    ("auto tick", "raw run finished -> start of the automation tick that requested the dbt run"),
-    ("dbt dequeue", "dbt run created -> RUN_STARTING"),
-    ("dbt worker", "dbt RUN_STARTING -> RUN_START"),
-    ("dbt step proc", "dbt RUN_START -> STEP_START"),
-    ("dbt boot", "dbt STEP_START -> dbt's first log line (dbt process start, imports)"),
-    ("dbt parse", "dbt first log line -> project parsed (FoundStats)"),
+    ("dequeue", "run created -> launched by the run queue (RUN_STARTING)"),
+    ("worker", "RUN_STARTING -> RUN_START (run worker process up, code location loaded)"),
+    ("step", "RUN_START -> ingest STEP_START (resources, pool slot)"),
+    ("dbt boot", "dbt STEP_START -> dbt's first log line (dagster-dbt's `dbt --version` and adapter, dbt's start)"),
+    ("dbt parse", "dbt's first log line -> project parsed (FoundStats)"),
     ("dbt build", "project parsed -> dbt finished (models and tests)"),
     ("dbt tail", "dbt finished -> daily_revenue materialization (metadata queries, events)"),
+    ("run end", "daily_revenue materialized -> RUN_SUCCESS"),
 ]
 
 
@@ -107,13 +103,15 @@ def ticks_by_run(instance: DagsterInstance, name: str) -> dict[str, float]:
 
 def run_of(instance: DagsterInstance, day: str, key: AssetKey):
     for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": day})):
-        if key in (record.dagster_run.asset_selection or set()):
+        selection = record.dagster_run.asset_selection  # None: a job's run (the push), every asset
+        if selection is None or key in selection:
             return record
     return None
 
 
 def events(instance: DagsterInstance, run_id: str) -> dict[str, float]:
-    """First timestamp of each event type in the run, plus the materialization of each asset."""
+    """First timestamp of each event type in the run (`STEP_START <step>` per step), and of the
+    materialization of each asset."""
     out: dict[str, float] = {}
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
@@ -122,6 +120,8 @@ def events(instance: DagsterInstance, run_id: str) -> dict[str, float]:
         name = event.event_type_value
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             name = f"MATERIALIZED {event.asset_key.to_user_string()}"
+        elif event.event_type == DagsterEventType.STEP_START:
+            name = f"STEP_START {entry.step_key}"
         out.setdefault(name, entry.timestamp)
     return out
 
@@ -150,42 +150,34 @@ def dbt_log_marks(run_id: str) -> dict[str, float]:
 
 
 def measure_day(instance: DagsterInstance, day: str, success_mtime: float) -> dict[str, float]:
-    raw = run_of(instance, day, RAW_ORDERS)
-    dbt = run_of(instance, day, DAILY_REVENUE)
+    raw, dbt = run_of(instance, day, RAW_ORDERS), run_of(instance, day, DAILY_REVENUE)
     assert raw is not None and dbt is not None, day
-    raw_ev, dbt_ev = events(instance, raw.dagster_run.run_id), events(instance, dbt.dagster_run.run_id)
-    export_ticks = ticks_by_run(instance, EXPORT_SENSOR)
-    automation_ticks = ticks_by_run(instance, AUTOMATION_SENSOR)
-    raw_created = raw.create_timestamp.timestamp()
-    dbt_created = dbt.create_timestamp.timestamp()
-    raw_done = raw_ev["MATERIALIZED raw/orders"]
-    done = dbt_ev["MATERIALIZED daily_revenue"]
-    marks = dbt_log_marks(dbt.dagster_run.run_id)
-    f = {
-        "sensor wait": raw_created - success_mtime,
-        "run start": raw_ev["STEP_START"] - raw_created,
-        "ingest": raw_done - raw_ev["STEP_START"],
-        "automation wait": dbt_created - raw_done,
-        "dbt run start": dbt_ev["STEP_START"] - dbt_created,
-        "dbt": done - dbt_ev["STEP_START"],
+    if raw.dagster_run.run_id != dbt.dagster_run.run_id:
+        raise SystemExit(f"{day} was built by two runs ({raw.dagster_run.run_id}, {dbt.dagster_run.run_id}), not one")
+    run_id = raw.dagster_run.run_id
+    ev, marks = events(instance, run_id), dbt_log_marks(run_id)
+    created = raw.create_timestamp.timestamp()
+    ingest_start, dbt_start = ev[f"STEP_START {INGEST_STEP}"], ev[f"STEP_START {DBT_STEP}"]
+    raw_done, done = ev["MATERIALIZED raw/orders"], ev["MATERIALIZED daily_revenue"]
+    nan = float("nan")
+    return {
+        "trigger": created - success_mtime,
+        "run start": ingest_start - created,
+        "ingest": raw_done - ingest_start,
+        "hand-over": dbt_start - raw_done,
+        "dbt": done - dbt_start,
         "total": done - success_mtime,
-        "export tick": export_ticks.get(raw.dagster_run.run_id, float("nan")) - success_mtime,
-        "raw dequeue": raw_ev["PIPELINE_STARTING"] - raw_created,
-        "raw worker": raw_ev["PIPELINE_START"] - raw_ev["PIPELINE_STARTING"],
-        "raw step proc": raw_ev["STEP_START"] - raw_ev["PIPELINE_START"],
-        "raw run end": raw_ev.get("PIPELINE_SUCCESS", float("nan")) - raw_done,
-        "auto tick": automation_ticks.get(dbt.dagster_run.run_id, float("nan"))
-        - raw_ev.get("PIPELINE_SUCCESS", float("nan")),
-        "dbt dequeue": dbt_ev["PIPELINE_STARTING"] - dbt_created,
-        "dbt worker": dbt_ev["PIPELINE_START"] - dbt_ev["PIPELINE_STARTING"],
-        "dbt step proc": dbt_ev["STEP_START"] - dbt_ev["PIPELINE_START"],
-        "dbt boot": marks.get("start", float("nan")) - dbt_ev["STEP_START"],
-        "dbt parse": marks.get("parsed", float("nan")) - marks.get("start", float("nan")),
-        "dbt build": marks.get("finished", float("nan")) - marks.get("parsed", float("nan")),
-        "dbt tail": done - marks.get("finished", float("nan")),
+        "dequeue": ev["PIPELINE_STARTING"] - created,
+        "worker": ev["PIPELINE_START"] - ev["PIPELINE_STARTING"],
+        "step": ingest_start - ev["PIPELINE_START"],
+        "dbt boot": marks.get("start", nan) - dbt_start,
+        "dbt parse": marks.get("parsed", nan) - marks.get("start", nan),
+        "dbt build": marks.get("finished", nan) - marks.get("parsed", nan),
+        "dbt tail": done - marks.get("finished", nan),
+        "run end": ev.get("PIPELINE_SUCCESS", nan) - done,
         "full parse": marks.get("full_parse", 0.0),
+        "runs": float(len(instance.get_runs(filters=RunsFilter(tags={"dagster/partition": day})))),
     }
-    return f
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):
@@ -194,7 +186,7 @@ def wait_for(predicate, timeout: float, what: str, log: Path):
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise SystemExit(f"timed out waiting for {what}; daemon log tail:\n{log.read_text()[-4000:]}")
 
 
@@ -203,7 +195,7 @@ def materialized(instance: DagsterInstance, day: str) -> bool:
     if record is None:
         return False
     if record.dagster_run.is_finished and not record.dagster_run.is_success:
-        raise SystemExit(f"the dbt run {record.dagster_run.run_id} for {day} failed")
+        raise SystemExit(f"the run {record.dagster_run.run_id} for {day} failed")
     return "MATERIALIZED daily_revenue" in events(instance, record.dagster_run.run_id)
 
 
@@ -211,66 +203,108 @@ def fmt(values: list[float]) -> str:
     return "  ".join(f"{v:6.1f}" for v in values)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], env: dict, log) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def dbt_version_seconds() -> float:
+    """What dagster-dbt's `dbt --version` costs each dbt step (a private override skipped it)."""
+    started = time.perf_counter()
+    subprocess.run([dbt_executable(), "--version"], capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=5, help="measured landings (default 5)")
+    parser.add_argument("--days", type=int, default=5, help="measured landings through the sensor (default 5)")
+    parser.add_argument("--push-days", type=int, default=5, help="measured pushed landings (default 5)")
     parser.add_argument("--lines", type=int, default=20_000, help="order lines per day (default 20,000)")
-    parser.add_argument(
-        "--interval",
-        type=int,
-        default=int(os.environ.get("SHOPFLOW_SENSOR_INTERVAL_SECONDS") or RECOMMENDED_INTERVAL),
-        help=f"SHOPFLOW_SENSOR_INTERVAL_SECONDS of the daemon (default: the environment's, else {RECOMMENDED_INTERVAL})",
-    )
-    parser.add_argument("--warmup", type=int, default=1, help="landings before the measured ones, not counted")
+    parser.add_argument("--warmup", type=int, default=1, help="sensor landings before the measured ones, not counted")
     parser.add_argument("--seed", type=int, default=7, help="seed of the random landing phases")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    interval = DEFAULT_INTERVAL
 
     print(machine())
-    print(f"sensor interval {args.interval} s, {args.lines:,} lines per day in 4 files, "
-          f"{args.warmup} warm-up + {args.days} measured landings")
+    print(f"default settings (sensor interval {interval} s), {args.lines:,} lines per day in 4 files, "
+          f"{args.warmup} warm-up + {args.days} sensor + {args.push_days} pushed landings")
     tmp = Path(tempfile.mkdtemp(prefix="shopflow_latency_"))
     home, landing, warehouse = tmp / "dagster_home", tmp / "landing", tmp / "warehouse.duckdb"
     (landing / "orders").mkdir(parents=True)
-    env = cli_env(landing, warehouse, home, SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(args.interval))
+    port = free_port()
+    env = cli_env(landing, warehouse, home, SHOPFLOW_UI_URL=f"http://127.0.0.1:{port}")
     os.environ["DAGSTER_HOME"] = str(home)
     log_path = tmp / "daemon.log"
-    rows: list[tuple[str, dict[str, float]]] = []
+    sensor_rows: list[tuple[str, dict[str, float]]] = []
+    push_rows: list[tuple[str, dict[str, float]]] = []
+    push_seconds: list[float] = []
     # the instance's storage is created here, before the daemon starts (two processes creating the
     # SQLite tables at once collide)
-    with DagsterInstance.get() as instance:
-        log = open(log_path, "w")
-        process = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    with DagsterInstance.get() as instance, open(log_path, "w") as log:
+        processes = [
+            start([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log),
+            start([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, subprocess.DEVNULL),
+        ]
         try:
             # the daemon is up when both sensors have ticked once
             wait_for(
                 lambda: all(ticks_of(instance, s) for s in (EXPORT_SENSOR, AUTOMATION_SENSOR)),
                 300, "the first sensor ticks", log_path,
             )
+            days = (FIRST_DAY + dt.timedelta(days=n) for n in range(10_000))
             for n in range(args.warmup + args.days):
-                day = str(FIRST_DAY + dt.timedelta(days=n))
-                time.sleep(rng.uniform(0, args.interval))  # a random phase against the sensor tick
+                day = str(next(days))
+                time.sleep(rng.uniform(0, interval))  # a random phase against the sensor tick
                 write_day(landing, dt.date.fromisoformat(day), args.lines)
                 mtime = (landing / "orders" / f"dt={day}" / "_SUCCESS").stat().st_mtime
                 wait_for(lambda: materialized(instance, day), 600, f"daily_revenue {day}", log_path)
-                time.sleep(2)  # the raw run's last events and the dbt log are written
+                time.sleep(2)  # the run's last events are written
                 figures = measure_day(instance, day, mtime)
                 label = f"{day}{' (warm-up)' if n < args.warmup else ''}"
-                print(f"  {label}: total {figures['total']:.1f} s", flush=True)
-                rows.append((label, figures))
-            failed = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+                print(f"  sensor {label}: total {figures['total']:.1f} s", flush=True)
+                sensor_rows.append((label, figures))
             costs = [tick_costs(instance, name) for name in (EXPORT_SENSOR, AUTOMATION_SENSOR)]
+
+            # the push path: the export sensor stopped, so that it cannot take a day first
+            subprocess.run(
+                [str(BIN / "dagster"), "sensor", "stop", EXPORT_SENSOR, "-w", "workspace.yaml"],
+                cwd=REPO_ROOT, env=env, check=True, capture_output=True,
+            )
+            for n in range(args.push_days):
+                day = str(next(days))
+                write_day(landing, dt.date.fromisoformat(day), args.lines)
+                mtime = (landing / "orders" / f"dt={day}" / "_SUCCESS").stat().st_mtime
+                started = time.perf_counter()
+                pushed = subprocess.run([str(BIN / "shopflow-push-export"), day], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+                push_seconds.append(time.perf_counter() - started)
+                if pushed.returncode != 0 or " started: " not in pushed.stdout:
+                    raise SystemExit(f"the push of {day} failed: {pushed.stdout}{pushed.stderr}")
+                wait_for(lambda: materialized(instance, day), 600, f"daily_revenue {day}", log_path)
+                time.sleep(2)
+                figures = measure_day(instance, day, mtime)
+                print(f"  pushed {day}: total {figures['total']:.1f} s (the command {push_seconds[-1]:.1f} s)", flush=True)
+                push_rows.append((day, figures))
+            failed = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+            twice = [label for label, f in sensor_rows + push_rows if f["runs"] != 1]
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            log.close()
-    report(rows[args.warmup:], rows[: args.warmup], args.interval, failed, costs)
+            for process in processes:
+                stop(process)
+    version = dbt_version_seconds()
+    report(sensor_rows[args.warmup:], sensor_rows[: args.warmup], push_rows, push_seconds, interval, failed, twice, costs, version)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -289,35 +323,51 @@ def ticks_of(instance: DagsterInstance, name: str) -> bool:
     return state is not None and bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
 
 
-def report(measured, warmup, interval: int, failed, costs) -> None:
+def table(title: str, measured) -> None:
     days = [label for label, _ in measured]
     print()
-    print(f"{'seconds':<17}" + "  ".join(f"{d[5:10]:>6}" for d in days) + "  median     min     max")
+    print(f"{title:<17}" + "  ".join(f"{d[5:10]:>6}" for d in days) + "  median     min     max")
     for name, explanation in PHASES + [("total", "_SUCCESS mtime -> daily_revenue materialized")] + [(None, None)] + DETAILS:
         if name is None:
             print("  of which:")
             continue
         values = [f[name] for _, f in measured]
         print(f"{name:<17}{fmt(values)}  {statistics.median(values):6.1f}  {min(values):6.1f}  {max(values):6.1f}   {explanation}")
-    totals = [f["total"] for _, f in measured]
-    median = statistics.median(totals)
-    overhead = statistics.median([f["total"] - f["sensor wait"] - f["auto tick"] for _, f in measured])
-    full_parses = sum(int(f["full parse"]) for _, f in measured)
-    print("(a negative export tick: the tick had started when _SUCCESS was written, and saw it)")
+
+
+def report(measured, warmup, pushed, push_seconds, interval, failed, twice, costs, version) -> None:
+    table("sensor path (s)", measured)
+    if pushed:
+        table("push path (s)", pushed)
+    print()
     for label, f in warmup:
         print(f"warm-up {label}: total {f['total']:.1f} s (not counted)")
-    print(f"dbt full re-parse (partial parsing not used) in {full_parses} of {len(measured)} dbt runs")
-    print(f"failed runs: {len(failed)}")
+    rows = measured + pushed
+    full_parses = sum(int(f["full parse"]) for _, f in rows)
+    print(f"dbt parsed the project from scratch in {full_parses} of {len(rows)} measured runs (partial parsing kept otherwise)")
+    print(f"days built by more than one run: {twice or 'none'}; failed runs: {len(failed)}")
     print("sensor ticks: " + "; ".join(costs))
+    boot = statistics.median([f["dbt boot"] for _, f in rows])
     print(
-        f"median of the work and overhead besides the two sensor waits: {overhead:.1f} s; "
-        f"worst case about that + 2 x ({interval} s interval + 5 s daemon loop)"
+        f"cost of the removed private overrides, per dbt step: dagster-dbt's `dbt --version` {version:.2f} s "
+        f"(was skipped by overriding `_cli_version`), and its in-step dbt adapter (was skipped by overriding "
+        f"`_initialize_dbt_core_adapter`): both are inside 'dbt boot', median {boot:.1f} s"
     )
+    totals = [f["total"] for _, f in measured]
+    median, worst = statistics.median(totals), max(totals)
+    met = median <= TARGET_MEDIAN and worst <= TARGET_WORST
     print(
-        f"_SUCCESS -> daily_revenue materialized: median {median:.1f} s over {len(totals)} landings "
-        f"(min {min(totals):.1f}, max {max(totals):.1f}), sensor interval {interval} s; "
-        f"target: median < {TARGET_SECONDS:.0f} s -> {'MET' if median < TARGET_SECONDS else 'NOT MET'}"
+        f"_SUCCESS -> daily_revenue through the sensor: median {median:.1f} s, worst {worst:.1f} s over "
+        f"{len(totals)} landings (interval {interval} s); target median <= {TARGET_MEDIAN:.0f} s, worst <= "
+        f"{TARGET_WORST:.0f} s -> {'MET' if met else 'NOT MET'}"
     )
+    if pushed:
+        p = [f["total"] for _, f in pushed]
+        print(
+            f"_SUCCESS -> daily_revenue pushed: median {statistics.median(p):.1f} s, worst {max(p):.1f} s over "
+            f"{len(p)} landings (the push command itself: median {statistics.median(push_seconds):.1f} s); "
+            f"ratio pushed / sensor medians {statistics.median(p) / median:.2f}"
+        )
 
 
 if __name__ == "__main__":
