@@ -4,11 +4,12 @@ No order row becomes a Python object: Python only lists files and reads their he
 validates and publishes the rows. The flow for a set of days:
 
 1. check every file's header (a missing required column fails before anything is written);
-2. stage each file as text into a temp table with its record number, DuckDB's CSV reader keeping
-   unparseable lines in its rejects table;
+2. read each file once into a temp table: every value checked against the export contract and cast
+   to its type in the same pass, all broken rules of a row collected, the text kept for the broken
+   rows only; DuckDB's CSV reader keeps unparseable lines in its rejects table;
 3. give every record its physical line (header = line 1), counting quoted newlines;
-4. check every rule of the export contract in one pass, collecting all broken rules per row;
-5. publish: in one transaction, replace exactly those days in `raw.orders` and `raw.orders_rejected`.
+4. publish: in one transaction, replace exactly those days in `raw.orders` (a copy of the typed
+   rows) and `raw.orders_rejected`.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def _newline_count(expr: str) -> str:
 def _stage_file(
     con: duckdb.DuckDBPyConnection,
     file_idx: int,
+    day: dt.date,
     path: Path,
     header: Sequence[str],
     columns: dict[str, str],
@@ -172,9 +174,17 @@ def _stage_file(
         f"CASE WHEN contains(concat({', '.join(quoted)}), chr(10)) "
         f"THEN {' + '.join(_newline_count(q) for q in quoted)} ELSE 0 END"
     )
-    picked = ", ".join(f"{quote_ident(columns[c])}" for c in REQUIRED_COLUMNS)
+    picked = ", ".join(f"{quote_ident(columns[c])} AS {c}" for c in REQUIRED_COLUMNS)
     try:
-        _read_file_into_stage(con, file_idx, path, header, newlines, picked)
+        con.execute(
+            _stage_sql(newlines, picked),
+            {
+                "file_idx": file_idx,
+                "day": day,
+                "path": str(path),
+                "columns": {name: "VARCHAR" for name in header},
+            },
+        )
     except duckdb.IOException as error:
         if not _is_corrupt_file(error):
             raise  # the file system or a lock: transient, the step is retried
@@ -194,28 +204,51 @@ def _is_corrupt_file(error: duckdb.IOException) -> bool:
     return "gzip" in str(error).lower()
 
 
-def _read_file_into_stage(con, file_idx, path, header, newlines, picked) -> None:
-    con.execute(
-        f"""
-        INSERT INTO _shopflow_stage
-        SELECT {file_idx}, row_number() OVER (), {newlines}, {picked}
-        FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
-        """,
-        {"path": str(path), "columns": {name: "VARCHAR" for name in header}},
+_TYPED_COLUMNS = ",\n               ".join(DUCKDB.typed_columns())
+
+
+def _stage_sql(newlines: str, picked: str) -> str:
+    """One pass over a file: every value is checked against the contract and cast once; the typed
+    row is kept for publishing and, when it broke a rule, its text too (for `raw.orders_rejected`).
+
+    No window numbers the records (it would run the pass on one thread): the stage is appended in
+    file order (DuckDB preserves insertion order), so a record's number is its rowid less the rowid
+    of its file's first record, plus one."""
+    return f"""
+INSERT INTO _shopflow_stage
+SELECT $file_idx, _newlines, {", ".join(f"t_{c}" if c != "status" else "status" for c in REQUIRED_COLUMNS)},
+       reason, {", ".join(f"CASE WHEN reason <> '' THEN {c} END" for c in REQUIRED_COLUMNS)}
+FROM (
+    SELECT *, {DUCKDB.reason()} AS reason
+    FROM (
+        SELECT _newlines, {", ".join(REQUIRED_COLUMNS)}, CAST($day AS DATE) AS dt,
+               {_TYPED_COLUMNS}
+        FROM (
+            SELECT {newlines} AS _newlines, {picked}
+            FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
+        )
     )
+)
+"""
 
 
 _CREATE_STAGE = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_files (
-    file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR
+    file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR, first_row BIGINT
 );
 CREATE OR REPLACE TEMP TABLE _shopflow_stage (
-    file_idx INTEGER, _record BIGINT, _newlines BIGINT,
-    {", ".join(f"{c} VARCHAR" for c in REQUIRED_COLUMNS)}
+    file_idx INTEGER, _newlines BIGINT,
+    order_id VARCHAR, line_number INTEGER, customer_id VARCHAR, product_id VARCHAR, quantity INTEGER,
+    unit_price DECIMAL(18, 2), discount DECIMAL(18, 2), status VARCHAR, ordered_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ, reason VARCHAR,
+    {", ".join(f"r_{c} VARCHAR" for c in REQUIRED_COLUMNS)}
 );
 DROP TABLE IF EXISTS _shopflow_csv_errors;
 DROP TABLE IF EXISTS _shopflow_csv_scans;
 """
+
+# A staged record's number in its file (1 = the first data record), from its rowid.
+_RECORD = "s.rowid - f.first_row + 1"
 
 # Records get their physical line: DuckDB numbers rejected records by line (not counting quoted
 # newlines) and accepted ones not at all. In the common case the line is the record number + 1.
@@ -257,9 +290,15 @@ free_slots AS (
         SELECT 1 FROM _shopflow_parse_rejects r WHERE r.file_idx = c.file_idx AND r.slot = g.slot
     )
 ),
+staged AS (
+    SELECT s.file_idx, {_RECORD} AS _record, s._newlines
+    FROM _shopflow_stage s
+    JOIN _shopflow_files f USING (file_idx)
+    WHERE s.file_idx IN (SELECT file_idx FROM counts)
+),
 records AS (
     SELECT s.file_idx, f.slot, s._record, s._newlines AS newlines
-    FROM _shopflow_stage s JOIN free_slots f USING (file_idx, _record)
+    FROM staged s JOIN free_slots f USING (file_idx, _record)
     UNION ALL
     SELECT file_idx, slot, NULL, length(raw_line) - length(replace(raw_line, chr(10), ''))
     FROM _shopflow_parse_rejects
@@ -272,49 +311,29 @@ FROM records;
 """
 
 # A staged record's physical line: from the line table where the file needed one, else record + 1.
-_LINE = "coalesce(l.line, s._record + 1)"
-_LINE_JOIN = "LEFT JOIN _shopflow_lines l USING (file_idx, _record)"
-
-# Every rule is evaluated once; only the (few) broken records are kept, with all their reasons.
-_TYPED_COLUMNS = ",\n           ".join(DUCKDB.typed_columns("s."))
-_CHECK_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _shopflow_broken AS
-WITH typed AS (
-    SELECT s.file_idx, s._record, f.dt, s.status,
-           {_TYPED_COLUMNS}
-    FROM _shopflow_stage s
-    JOIN _shopflow_files f USING (file_idx)
-),
-checked AS (
-    SELECT file_idx, _record, {DUCKDB.reason()} AS reason
-    FROM typed
-)
-SELECT * FROM checked WHERE reason <> '';
-"""
+_LINE = f"coalesce(l.line, {_RECORD} + 1)"
+_LINE_JOIN = f"LEFT JOIN _shopflow_lines l ON l.file_idx = s.file_idx AND l._record = {_RECORD}"
 
 _PUBLISH_STATEMENTS = (
     "DELETE FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
     "DELETE FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days)",
-    # The rows that broke no rule: their text is known to be of its type, so a plain cast (which
-    # ignores surrounding spaces) gives the checked value.
+    # The rows that broke no rule, as the check cast them.
     f"""
 INSERT INTO raw.orders
-SELECT f.dt, {DUCKDB.text("s.order_id")}, CAST(s.line_number AS INTEGER), {DUCKDB.text("s.customer_id")},
-       {DUCKDB.text("s.product_id")}, CAST(s.quantity AS INTEGER), CAST(s.unit_price AS DECIMAL(18, 2)),
-       CAST(s.discount AS DECIMAL(18, 2)), s.status, CAST(s.ordered_at AS TIMESTAMPTZ),
-       CAST(s.updated_at AS TIMESTAMPTZ), f.name, {_LINE}, $loaded_at, $run_id
+SELECT f.dt, s.order_id, s.line_number, s.customer_id, s.product_id, s.quantity, s.unit_price, s.discount,
+       s.status, s.ordered_at, s.updated_at, f.name, {_LINE}, $loaded_at, $run_id
 FROM _shopflow_stage s
 JOIN _shopflow_files f USING (file_idx)
 {_LINE_JOIN}
-ANTI JOIN _shopflow_broken b USING (file_idx, _record)
+WHERE s.reason = ''
 """,
     f"""
 INSERT INTO raw.orders_rejected
-SELECT f.dt, f.name, {_LINE}, b.reason, {", ".join(f"s.{c}" for c in REQUIRED_COLUMNS)}, NULL, $loaded_at, $run_id
-FROM _shopflow_broken b
-JOIN _shopflow_stage s USING (file_idx, _record)
+SELECT f.dt, f.name, {_LINE}, s.reason, {", ".join(f"s.r_{c}" for c in REQUIRED_COLUMNS)}, NULL, $loaded_at, $run_id
+FROM _shopflow_stage s
 JOIN _shopflow_files f USING (file_idx)
 {_LINE_JOIN}
+WHERE s.reason <> ''
 UNION ALL
 SELECT f.dt, f.name, l.line, r.reason, {", ".join("NULL" for _ in REQUIRED_COLUMNS)}, r.raw_line, $loaded_at, $run_id
 FROM _shopflow_parse_rejects r
@@ -340,6 +359,8 @@ def load_days(
     headers = check_headers(con, exports)
     ensure_raw_tables(con)
 
+    # Records are numbered by their place in the stage (see _stage_sql), which needs this (the default).
+    con.execute("SET preserve_insertion_order = true")
     con.execute(_CREATE_STAGE)
     con.execute("CREATE OR REPLACE TEMP TABLE _shopflow_files_days (dt DATE)")
     con.executemany("INSERT INTO _shopflow_files_days VALUES (?)", [[e.day] for e in exports])
@@ -350,11 +371,11 @@ def load_days(
         for path in export.files:
             file_idx += 1
             con.execute(
-                "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?)",
+                "INSERT INTO _shopflow_files SELECT ?, ?, ?, ?, count(*) FROM _shopflow_stage",
                 [file_idx, export.day, str(path), path.name],
             )
             header, columns = headers[path]
-            _stage_file(con, file_idx, path, header, columns)
+            _stage_file(con, file_idx, export.day, path, header, columns)
             summary.files += 1
             summary.bytes += path.stat().st_size
         if progress and len(exports) > 1:
@@ -369,7 +390,6 @@ def load_days(
             )
     _ensure_reject_tables(con)
     con.execute(_LINES_SQL)
-    con.execute(_CHECK_SQL)
 
     con.execute("BEGIN TRANSACTION")
     try:
