@@ -26,6 +26,10 @@ QUERY = """{ assetNodes(assetKeys: [{path: ["fact_sales"]}, {path: ["daily_reven
   freshnessStatusInfo { freshnessStatus } } }"""
 
 
+LOCATIONS_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
 def graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
@@ -44,12 +48,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def webserver_and_daemon(env: dict, port: int, tmp_path: Path):
-    """`dagster-webserver` on 127.0.0.1:port and `dagster-daemon`, as `dagster dev` starts them."""
+    """`dagster-webserver` on 127.0.0.1:port and `dagster-daemon`, as `dagster dev` starts them;
+    their output in tmp_path/webserver.log and daemon.log."""
+    from dagster import DagsterInstance
+
+    # the instance's SQLite tables are created here, not by both processes at once
+    DagsterInstance.from_config(env["DAGSTER_HOME"]).dispose()
     daemon_log = open(tmp_path / "daemon.log", "w")
+    webserver_log = open(tmp_path / "webserver.log", "w")
     processes = [
         subprocess.Popen(
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO_ROOT, env=env, stdout=webserver_log, stderr=subprocess.STDOUT, start_new_session=True,
         ),
         subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
@@ -60,6 +70,7 @@ def webserver_and_daemon(env: dict, port: int, tmp_path: Path):
         yield
     finally:
         daemon_log.close()
+        webserver_log.close()
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
@@ -96,12 +107,16 @@ def poll(port: int, predicate, timeout: float, log: Path | None = None):
             pass
         time.sleep(1)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out; last answer: {last}\ndaemon log tail:\n{tail}")
+    try:  # why the code location is not there, if the webserver knows
+        locations = graphql(port, LOCATIONS_QUERY)
+    except OSError as error:
+        locations = error
+    raise AssertionError(f"timed out; last answer: {last}\ncode locations: {locations}\nlog tail:\n{tail}")
 
 
-def test_ui_shows_the_graph_and_the_freshness_of_fact_sales(ui, landing):
+def test_ui_shows_the_graph_and_the_freshness_of_fact_sales(ui, landing, tmp_path):
     port, env = ui
-    data = poll(port, lambda d: len(d["assetNodes"]) == 3, 180)  # the code location loads slowly on a busy 2-core machine
+    data = poll(port, lambda d: len(d["assetNodes"]) == 3, 180, tmp_path / "webserver.log")  # slow on a busy 2-core machine
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert [d["path"] for d in nodes["fact_sales"]["dependencyKeys"]] == [["raw", "orders"]]
     assert [d["path"] for d in nodes["daily_revenue"]["dependencyKeys"]] == [["fact_sales"]]
@@ -140,7 +155,7 @@ def dismiss_welcome(page) -> None:
         pass
 
 
-def test_a_person_materializes_a_day_from_the_ui(ui, landing):
+def test_a_person_materializes_a_day_from_the_ui(ui, landing, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     port, _ = ui
@@ -148,7 +163,7 @@ def test_a_person_materializes_a_day_from_the_ui(ui, landing):
     day = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)).isoformat()
     rows = [line(f"UI-{n}", day=day, quantity=n + 1) for n in range(3)] + [line("UI-bad", day=day, status="lost")]
     landing.export(day, {"a.csv": csv_text(rows)})
-    poll(port, lambda d: len(d["assetNodes"]) == 3, 180)  # the code location loads slowly on a busy 2-core machine
+    poll(port, lambda d: len(d["assetNodes"]) == 3, 180, tmp_path / "webserver.log")  # slow on a busy 2-core machine
     ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as playwright:
@@ -223,7 +238,7 @@ def test_a_pushed_export_is_built_at_once_and_only_once(landing, warehouse_path,
     )
     day = "2024-03-01"
     with webserver_and_daemon(env, port, tmp_path), DagsterInstance.from_config(str(home)) as instance:
-        poll(port, lambda d: len(d["assetNodes"]) == 3, 180)  # the code location is loaded
+        poll(port, lambda d: len(d["assetNodes"]) == 3, 180, tmp_path / "webserver.log")  # the code location is loaded
         refused = push(env, day)  # before the export has finished: refused, saying why
         assert refused.returncode == 1 and "has not finished" in refused.stderr and instance.get_runs() == []
 
