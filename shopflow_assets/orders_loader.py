@@ -30,6 +30,7 @@ from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the c
     REJECT_REASONS,
     REQUIRED_COLUMNS,
     STATUSES,
+    TYPED_COLUMNS,
     BadExportError,
     MissingColumnsError,
     display_name,
@@ -160,6 +161,51 @@ def _newline_count(expr: str) -> str:
     return f"coalesce(length({expr}) - length(replace({expr}, chr(10), '')), 0)"
 
 
+def _newlines(columns: Sequence[str]) -> str:
+    """The newlines inside a record's fields. Counting is dear and quoted newlines are rare: count
+    only in records that have one."""
+    return (
+        f"CASE WHEN contains(concat({', '.join(columns)}), chr(10)) "
+        f"THEN {' + '.join(_newline_count(c) for c in columns)} ELSE 0 END"
+    )
+
+
+def _stage_files(
+    con: duckdb.DuckDBPyConnection,
+    first_idx: int,
+    day: dt.date,
+    paths: Sequence[Path],
+    header: Sequence[str],
+    columns: dict[str, str],
+) -> None:
+    """Stage files of one day and one header, numbered first_idx, first_idx + 1, ... in order.
+
+    They are read in one statement, whose threads then share the files' work (a file read alone
+    leaves threads idle at its start and end). Should that fail, nothing of it remains (the
+    statement is undone, DuckDB's rejects tables too) and the files are read one by one, so that
+    the error names the file."""
+    extra = [h for h in header if h not in set(columns.values())]
+    # A column of the file named like the reader's virtual column would hide it.
+    if len(paths) > 1 and not any(h.lower() == "file_index" for h in header):
+        try:
+            con.execute(
+                _stage_sql(columns, extra, several=True),
+                {
+                    "file_idx": first_idx,
+                    "day": day,
+                    "path": [str(path) for path in paths],
+                    "columns": {name: "VARCHAR" for name in header},
+                },
+            )
+            return
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error:
+            pass
+    for offset, path in enumerate(paths):
+        _stage_file(con, first_idx + offset, day, path, header, columns, extra)
+
+
 def _stage_file(
     con: duckdb.DuckDBPyConnection,
     file_idx: int,
@@ -167,17 +213,11 @@ def _stage_file(
     path: Path,
     header: Sequence[str],
     columns: dict[str, str],
+    extra: Sequence[str],
 ) -> None:
-    # Counting is dear and quoted newlines are rare: count only in records that have one.
-    quoted = [quote_ident(h) for h in header]
-    newlines = (
-        f"CASE WHEN contains(concat({', '.join(quoted)}), chr(10)) "
-        f"THEN {' + '.join(_newline_count(q) for q in quoted)} ELSE 0 END"
-    )
-    picked = ", ".join(f"{quote_ident(columns[c])} AS {c}" for c in REQUIRED_COLUMNS)
     try:
         con.execute(
-            _stage_sql(newlines, picked),
+            _stage_sql(columns, extra),
             {
                 "file_idx": file_idx,
                 "day": day,
@@ -204,28 +244,46 @@ def _is_corrupt_file(error: duckdb.IOException) -> bool:
     return "gzip" in str(error).lower()
 
 
-_TYPED_COLUMNS = ",\n               ".join(DUCKDB.typed_columns())
+# Where the whole row matches at once, no column is matched on its own (export_contract.py).
+_TYPED_COLUMNS = ",\n               ".join(DUCKDB.typed_columns(matched="_matched"))
+_TYPED_MATCH = DUCKDB.typed_row_match()
+_REASON = DUCKDB.reason(guarded=True)
+# A row that broke no rule has no newline in its typed columns (each matched its pattern, spaces
+# aside) nor in its status (one of the statuses): only its text columns can hold one.
+_CLEAN_ROW_TEXT = [c for c in REQUIRED_COLUMNS if c not in TYPED_COLUMNS and c != "status"]
 
 
-def _stage_sql(newlines: str, picked: str) -> str:
+def _stage_sql(columns: dict[str, str], extra: Sequence[str], several: bool = False) -> str:
     """One pass over a file: every value is checked against the contract and cast once; the typed
-    row is kept for publishing and, when it broke a rule, its text too (for `raw.orders_rejected`).
+    row is kept for publishing and, when it broke a rule, its fields' text (for `raw.orders_rejected`).
 
     No window numbers the records (it would run the pass on one thread): the stage is appended in
     file order (DuckDB preserves insertion order), so a record's number is its rowid less the rowid
-    of its file's first record, plus one."""
+    of its file's first record, plus one. `several`: $path is a list of files, numbered from
+    $file_idx on in the order of the list."""
+    picked = ", ".join(f"{quote_ident(columns[c])} AS {c}" for c in REQUIRED_COLUMNS)
+    if several:
+        picked = f"file_index AS _file, {picked}"
+    others = [f"_extra_{i}" for i in range(len(extra))]
+    picked_others = "".join(f", {quote_ident(h)} AS {o}" for h, o in zip(extra, others))
     return f"""
 INSERT INTO _shopflow_stage
-SELECT $file_idx, _newlines, {", ".join(f"t_{c}" if c != "status" else "status" for c in REQUIRED_COLUMNS)},
-       reason, {", ".join(f"CASE WHEN reason <> '' THEN {c} END" for c in REQUIRED_COLUMNS)}
+SELECT {"$file_idx + _file" if several else "$file_idx"},
+       CASE WHEN reason = '' THEN {_newlines([*_CLEAN_ROW_TEXT, *others])}
+            ELSE {_newlines([*REQUIRED_COLUMNS, *others])} END,
+       {", ".join(f"t_{c}" if c != "status" else "status" for c in REQUIRED_COLUMNS)},
+       reason, CASE WHEN reason <> '' THEN [{", ".join(REQUIRED_COLUMNS)}] END
 FROM (
-    SELECT *, {DUCKDB.reason()} AS reason
+    SELECT *, {_REASON} AS reason
     FROM (
-        SELECT _newlines, {", ".join(REQUIRED_COLUMNS)}, CAST($day AS DATE) AS dt,
+        SELECT *, CAST($day AS DATE) AS dt,
                {_TYPED_COLUMNS}
         FROM (
-            SELECT {newlines} AS _newlines, {picked}
-            FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
+            SELECT *, {_TYPED_MATCH} AS _matched
+            FROM (
+                SELECT {picked}{picked_others}
+                FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
+            )
         )
     )
 )
@@ -241,12 +299,19 @@ CREATE OR REPLACE TEMP TABLE _shopflow_stage (
     order_id VARCHAR, line_number INTEGER, customer_id VARCHAR, product_id VARCHAR, quantity INTEGER,
     unit_price DECIMAL(18, 2), discount DECIMAL(18, 2), status VARCHAR, ordered_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, reason VARCHAR,
-    {", ".join(f"r_{c} VARCHAR" for c in REQUIRED_COLUMNS)}
+    _text VARCHAR[]  -- a broken row's fields as text, in the order of REQUIRED_COLUMNS (one list
+                     -- costs less to stage than ten columns, NULL in all but a few rows)
 );
 DROP TABLE IF EXISTS _shopflow_csv_errors;
 DROP TABLE IF EXISTS _shopflow_csv_scans;
 """
 
+# Each file's records are one run of rows in the stage, in file order (see _stage_sql).
+_FIRST_ROWS_SQL = """
+UPDATE _shopflow_files f SET first_row = r.first_row
+FROM (SELECT file_idx, min(rowid) AS first_row FROM _shopflow_stage GROUP BY file_idx) r
+WHERE f.file_idx = r.file_idx
+"""
 # A staged record's number in its file (1 = the first data record), from its rowid.
 _RECORD = "s.rowid - f.first_row + 1"
 
@@ -329,7 +394,8 @@ WHERE s.reason = ''
 """,
     f"""
 INSERT INTO raw.orders_rejected
-SELECT f.dt, f.name, {_LINE}, s.reason, {", ".join(f"s.r_{c}" for c in REQUIRED_COLUMNS)}, NULL, $loaded_at, $run_id
+SELECT f.dt, f.name, {_LINE}, s.reason, {", ".join(f"s._text[{i}]" for i in range(1, len(REQUIRED_COLUMNS) + 1))}, NULL,
+       $loaded_at, $run_id
 FROM _shopflow_stage s
 JOIN _shopflow_files f USING (file_idx)
 {_LINE_JOIN}
@@ -368,16 +434,20 @@ def load_days(
     started = time.monotonic()
     for done, export in enumerate(exports, start=1):
         first_file = file_idx + 1
+        groups: dict[tuple, list[Path]] = {}  # the day's files by header
         for path in export.files:
-            file_idx += 1
-            con.execute(
-                "INSERT INTO _shopflow_files SELECT ?, ?, ?, ?, count(*) FROM _shopflow_stage",
-                [file_idx, export.day, str(path), path.name],
-            )
             header, columns = headers[path]
-            _stage_file(con, file_idx, export.day, path, header, columns)
-            summary.files += 1
-            summary.bytes += path.stat().st_size
+            groups.setdefault((tuple(header), tuple(columns.items())), []).append(path)
+        for (header, columns), paths in groups.items():
+            for path in paths:
+                file_idx += 1
+                con.execute(
+                    "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?, NULL)",
+                    [file_idx, export.day, str(path), path.name],
+                )
+                summary.files += 1
+                summary.bytes += path.stat().st_size
+            _stage_files(con, file_idx - len(paths) + 1, export.day, paths, header, dict(columns))
         if progress and len(exports) > 1:
             (rows,) = con.execute(
                 "SELECT count(*) FROM _shopflow_stage WHERE file_idx >= ?", [first_file]
@@ -388,6 +458,7 @@ def load_days(
                 f"read {export.day}: day {done}/{len(exports)}, {len(export.files)} files, "
                 f"{rows} rows; {elapsed:.0f} s so far, about {left:.0f} s left to read"
             )
+    con.execute(_FIRST_ROWS_SQL)
     _ensure_reject_tables(con)
     con.execute(_LINES_SQL)
 
