@@ -4,7 +4,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.cli_errors import install_cli_error_hook
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.engines import warehouse_for

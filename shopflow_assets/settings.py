@@ -65,7 +65,7 @@ class Settings:
             pg_url=env.get("DAGSTER_PG_URL") or None,
             retry_max_retries=_parse_number("SHOPFLOW_RETRY_MAX_RETRIES", get("SHOPFLOW_RETRY_MAX_RETRIES", "4"), int),
             retry_delay_seconds=_parse_number("SHOPFLOW_RETRY_DELAY_SECONDS", get("SHOPFLOW_RETRY_DELAY_SECONDS", "2"), float),
-            sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "5"), int),
+            sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "4"), int),
             alert_summary_after_seconds=_parse_number("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", get("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", "1800"), int),
             duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
             engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),

@@ -5,7 +5,6 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +21,7 @@ from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.assets.ingest import WAREHOUSE_POOL
 from shopflow_assets.automation import ANY_DAY_EAGER
+from shopflow_assets.dbt_command import dbt_executable  # noqa: F401 (the executable of the dbt resource)
 from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project
@@ -66,12 +66,6 @@ class ShopflowDbtTranslator(DagsterDbtTranslator):
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "revenue"
-
-
-def dbt_executable() -> str:
-    """dbt next to this interpreter, so runs from a venv that is not activated still find it."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else "dbt"
 
 
 def dbt_environment(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
