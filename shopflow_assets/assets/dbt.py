@@ -158,10 +158,12 @@ def shopflow_dbt_models(
         keep_partial_parse(runs_dir / context.run_id, project_target)
         prune_invocation_targets(runs_dir)
     stats = built_stats(warehouse, days)
-    for event in events:
-        if isinstance(event, Output) and event.output_name in stats:
-            event = event.with_metadata({**event.metadata, **stats[event.output_name]})
-        yield event
+    outputs = [e for e in events if isinstance(e, Output)]
+    # the materializations first, then the dbt tests' check results: the tables are built and the
+    # dashboard's READY can go out without waiting for some thirty check events to be written
+    for event in outputs:
+        yield event.with_metadata({**event.metadata, **stats.get(event.output_name, {})})
+    yield from (e for e in events if not isinstance(e, Output))
 
 
 def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, Any]]:
