@@ -54,14 +54,18 @@ def broke_message(
     days: Sequence[dt.date],
     failures: Sequence[StepFailure],
     failed_checks: Sequence[str] = (),
+    not_built: Sequence[str] = (),
     ui_url: str,
 ) -> str:
+    """`assets`: what failed; `not_built`: what the run would have built after it."""
     what = ", ".join(assets) or job_name
     lines = [
         f":red_circle: BROKE: {what} for {days_label(days)} failed",
         f"• What: {what} (job {job_name})",
         f"• Day: {days_label(days)}",
     ]
+    if not_built:
+        lines.append(f"• Not built: {', '.join(not_built)} (downstream, in the same run)")
     for failure in failures[:3]:
         lines.append(f"• Step: {failure.step}")
         lines.append(f"• Error: {one_line(failure.error)}")
@@ -71,7 +75,7 @@ def broke_message(
         lines.append(f"• Failed dbt tests: {', '.join(failed_checks[:10])}")
     lines.append(f"• Run: {run_url(ui_url, run_id)}")
     if days:
-        lines.append(f"• Re-run: {rerun_command(','.join(assets) or '*', list(days))}")
+        lines.append(f"• Re-run: {rerun_command(','.join(sorted([*assets, *not_built])) or '*', list(days))}")
     return "\n".join(lines)
 
 

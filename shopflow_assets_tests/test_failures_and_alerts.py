@@ -81,7 +81,8 @@ def test_permanent_failure_runs_once_and_sends_one_actionable_broke_message(
     alert_for_failed_run(instance, result.run_id, slack, landing)
 
     (message,) = slack_server.delivered
-    assert message.startswith(":red_circle: BROKE: daily_revenue, fact_sales, raw/orders for 2024-03-01 failed")
+    assert message.startswith(":red_circle: BROKE: raw/orders for 2024-03-01 failed")
+    assert "• Not built: daily_revenue, fact_sales (downstream, in the same run)" in message
     assert "• Day: 2024-03-01" in message
     assert "• Step: raw__orders" in message
     assert (
@@ -184,6 +185,7 @@ def test_failed_dbt_test_is_a_broke_alert_and_stops_the_rollup(run, landing, war
     alert_for_failed_run(instance, result.run_id, slack, landing)
     (message,) = [m for m in slack_server.delivered if "BROKE" in m]  # (fact_sales itself was built: READY)
     assert "BROKE" in message and "• Day: 2024-03-01" in message and "• Step: shopflow_dbt_models" in message
+    assert message.startswith(":red_circle: BROKE: daily_revenue for 2024-03-01 failed")  # fact_sales was built
     assert "• Failed dbt tests: fact_sales:expression_is_true_fact_sales_quantity__quantity_1" in message
     assert "expression_is_true_fact_sales_quantity__quantity_1 fail" in message  # the one-line error
 

@@ -75,10 +75,31 @@ def assets_of_run(instance: DagsterInstance, run) -> set:
     """The assets a run set out to materialize (its selection, or its planned materializations)."""
     if run.asset_selection:
         return set(run.asset_selection)
-    planned = instance.get_records_for_run(
-        run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-    ).records
-    return {r.event_log_entry.dagster_event.asset_key for r in planned}
+    return set().union(*planned_assets_by_step(instance, run.run_id).values())
+
+
+def planned_assets_by_step(instance: DagsterInstance, run_id: str) -> dict[str, set]:
+    """Step key -> the assets that step of the run was to materialize."""
+    by_step: dict[str, set] = {}
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records:
+        entry = record.event_log_entry
+        by_step.setdefault(entry.step_key or "?", set()).add(entry.dagster_event.asset_key)
+    return by_step
+
+
+def failed_and_not_built(instance: DagsterInstance, run, failures: list[StepFailure]) -> tuple[list[str], list[str]]:
+    """What a failed run broke (the unbuilt assets of its failed steps) and what it then did not
+    build (the rest of its unbuilt assets: a day's models after its failed ingest, say)."""
+    run_assets = assets_of_run(instance, run)
+    built = {
+        r.event_log_entry.dagster_event.asset_key
+        for r in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    }
+    by_step = planned_assets_by_step(instance, run.run_id)
+    of_failed_steps = set().union(*(by_step.get(f.step, set()) for f in failures)) & run_assets
+    failed = (of_failed_steps - built) or of_failed_steps or run_assets
+    not_built = run_assets - built - failed
+    return sorted(k.to_user_string() for k in failed), sorted(k.to_user_string() for k in not_built)
 
 
 def lost_worker_failure(instance: DagsterInstance, run_id: str, run_message: str | None) -> StepFailure:
@@ -122,14 +143,15 @@ def broke_message_for(instance: DagsterInstance, run: DagsterRun, failure_messag
     ]
     if not failures:  # the run failed outside its steps: its worker died, say
         failures = [lost_worker_failure(instance, run.run_id, failure_message)]
-    assets = sorted(k.to_user_string() for k in assets_of_run(instance, run))
+    failed, not_built = failed_and_not_built(instance, run, failures)
     return broke_message(
         run_id=run.run_id,
         job_name=run.job_name,
-        assets=assets,
+        assets=failed,
         days=days_of_run_tags(run.tags),
         failures=failures,
         failed_checks=failed_checks_of_run(instance, run.run_id),
+        not_built=not_built,
         ui_url=get_settings().ui_url,
     )
 
