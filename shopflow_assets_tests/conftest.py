@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import os
+import shutil
 import sys
 
 # Short retry delays for the suite (the default base is 2 s); set before shopflow_assets is imported.
@@ -104,6 +105,17 @@ class Landing:
         for name, content in files.items():
             self.write(day, name, content)
         self.finish(day)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster for a module's daemon tests (postgres_cluster.py)."""
+    from .postgres_cluster import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 @pytest.fixture

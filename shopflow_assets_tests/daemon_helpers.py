@@ -63,3 +63,29 @@ def wait_for(predicate, timeout: float, what: str, log: Path, poll_seconds: floa
             return value
         time.sleep(poll_seconds)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; daemon log tail:\n{log.read_text()[-6000:]}")
+
+
+def production_daemon_env(postgres, tmp_path: Path, landing, warehouse_path: Path, slack_api_url: str, sensor_interval: int) -> dict[str, str]:
+    """The environment of a daemon on the production instance file (deploy/dagster.yaml copied into
+    a DAGSTER_HOME under tmp_path) with a fresh database of its own in `postgres`, so that counts
+    start at zero, the Slack stand-in, and the given sensor interval."""
+    from .conftest import SLACK_TOKEN, command_env
+    from .postgres_cluster import pg_bin, production_dagster_home
+
+    home = production_dagster_home(tmp_path / "dagster_home")
+    database = f"dagster_{tmp_path.name[-20:].lower().replace('-', '_')}"
+    subprocess.run(
+        [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "dagster", "-d", "dagster",
+         "-c", f'CREATE DATABASE "{database}"'],
+        check=True,
+        capture_output=True,
+    )
+    return command_env(
+        landing,
+        warehouse_path,
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_URL=postgres.url(database),
+        SLACK_BOT_TOKEN=SLACK_TOKEN,
+        SHOPFLOW_SLACK_API_URL=slack_api_url,
+        SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(sensor_interval),
+    )

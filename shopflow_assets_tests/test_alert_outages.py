@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -27,22 +26,15 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 from benchmarks._data import write_day
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 
-from .conftest import BIN, REPO_ROOT, SLACK_TOKEN, command_env, csv_text, line, query
-from .postgres_cluster import pg_bin, production_dagster_home, start_cluster
+from .conftest import BIN, REPO_ROOT, csv_text, line, query
+from . import daemon_helpers
+from .daemon_helpers import production_daemon_env
 
 # The daemon's sensor loop looks every 5 s: a shorter interval would not tick more often.
 SENSOR_INTERVAL = 5
 DAILY_REVENUE = AssetKey("daily_revenue")
 FACT_SALES = AssetKey("fact_sales")
 RAW_ORDERS = AssetKey(["raw", "orders"])
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 class Daemon:
@@ -95,23 +87,7 @@ class Daemon:
 
 @pytest.fixture
 def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatch):
-    home = production_dagster_home(tmp_path / "dagster_home")
-    database = f"dagster_{tmp_path.name[-20:].lower().replace('-', '_')}"
-    subprocess.run(
-        [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "dagster", "-d", "dagster",
-         "-c", f'CREATE DATABASE "{database}"'],
-        check=True,
-        capture_output=True,
-    )
-    env = command_env(
-        landing,
-        warehouse_path,
-        DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=postgres.url(database),
-        SLACK_BOT_TOKEN=SLACK_TOKEN,
-        SHOPFLOW_SLACK_API_URL=slack_server.api_url,
-        SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
-    )
+    env = production_daemon_env(postgres, tmp_path, landing, warehouse_path, slack_server.api_url, SENSOR_INTERVAL)
     for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
         monkeypatch.setenv(key, env[key])
     with DagsterInstance.get() as instance:  # creates the tables
@@ -125,13 +101,7 @@ def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatc
 
 
 def wait_for(predicate, timeout: float, what: str, daemon: Daemon, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; daemon log tail:\n{daemon.log()[-5000:]}")
+    return daemon_helpers.wait_for(predicate, timeout, what, daemon.log_path, poll_seconds=step)
 
 
 def alert_ticks(daemon: Daemon, n: int = 2, timeout: float = 90) -> None:

@@ -7,98 +7,31 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import signal
 import subprocess
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter, serialize_value
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, serialize_value
 from dagster_postgres import PostgresRunStorage
 
-from .conftest import BIN, REPO_ROOT, SLACK_TOKEN, command_env, csv_text, line, query
-from .postgres_cluster import pg_bin, production_dagster_home, start_cluster
+from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
+from .daemon_helpers import KEYS, daemon_process, materializations, production_daemon_env, wait_for
 
-KEYS = {
-    "raw/orders": AssetKey(["raw", "orders"]),
-    "fact_sales": AssetKey("fact_sales"),
-    "daily_revenue": AssetKey("daily_revenue"),
-}
 SENSOR_INTERVAL = 3
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 @pytest.fixture
 def daemon(postgres, landing, warehouse_path, slack_server, tmp_path, monkeypatch):
-    home = production_dagster_home(tmp_path / "dagster_home")
-    # a fresh database per test, so that counts start at zero
-    database = f"dagster_{tmp_path.name[-20:].lower().replace('-', '_')}"
-    subprocess.run(
-        [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "dagster", "-d", "dagster", "-c", f'CREATE DATABASE "{database}"'],
-        check=True,
-        capture_output=True,
-    )
-    env = command_env(
-        landing,
-        warehouse_path,
-        DAGSTER_HOME=str(home),
-        DAGSTER_PG_URL=postgres.url(database),
-        SLACK_BOT_TOKEN=SLACK_TOKEN,
-        SHOPFLOW_SLACK_API_URL=slack_server.api_url,
-        SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
-    )
+    env = production_daemon_env(postgres, tmp_path, landing, warehouse_path, slack_server.api_url, SENSOR_INTERVAL)
     for key in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
         monkeypatch.setenv(key, env[key])
     with DagsterInstance.get() as instance:  # creates the tables
         assert isinstance(instance.run_storage, PostgresRunStorage)  # deploy/dagster.yaml's storage
         # what the daemon hands to each run's process names the variable, not the URL
         assert env["DAGSTER_PG_URL"] not in serialize_value(instance.get_ref())
-        log = open(tmp_path / "daemon.log", "w")
-        process = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
+        with daemon_process(env, tmp_path / "daemon.log"):
             yield instance
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            log.close()
-
-
-def materializations(instance: DagsterInstance, day: str) -> dict[str, int]:
-    return {
-        name: len(
-            instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=100).records
-        )
-        for name, key in KEYS.items()
-    }
-
-
-def wait_for(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; daemon log tail:\n{log.read_text()[-4000:]}")
 
 
 def quiet_for(seconds: float) -> None:
