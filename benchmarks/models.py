@@ -29,7 +29,7 @@ from dagster_dbt import DbtCliResource
 
 from benchmarks._data import write_day
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse
 from shopflow_assets.resources import LandingZone

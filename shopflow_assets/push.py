@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from shopflow_assets.resources.landing import LandingZone
-from shopflow_assets.run_window import EXPORT_TAG, PARTITION_TAG
+from shopflow_assets.run_window import EXPORT_TAG, PARTITION_TAG, export_tag_value
 from shopflow_assets.settings import SettingsError, get_settings
 
 # A run of the export in one of these states has built it or will: do not start another.
@@ -87,7 +87,7 @@ def push_export(day: dt.date, *, ui_url: str, landing: LandingZone) -> tuple[str
             f"The export of {day} has not finished: {landing.day_dir(day)}/_SUCCESS is missing. "
             "Push after writing it."
         )
-    export = f"{day}:{fingerprint}"
+    export = export_tag_value(day.isoformat(), fingerprint)
     for run in runs_of_export(ui_url, export):
         if run["status"] not in FINISHED_WITHOUT_BUILDING:
             return run["runId"], False

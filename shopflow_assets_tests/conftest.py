@@ -28,7 +28,7 @@ from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materiali
 from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets import raw_orders, shopflow_dbt_models
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse

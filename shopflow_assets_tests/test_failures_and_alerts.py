@@ -20,7 +20,8 @@ from dagster import (
 )
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.assets.dbt import classify_dbt_failure, dbt_executable
+from shopflow_assets.assets.dbt import classify_dbt_failure
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.freshness import LatenessState, due_day, evaluate_lateness
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.resources import LandingZone

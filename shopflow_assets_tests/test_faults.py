@@ -18,7 +18,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 from dagster_dbt import DbtCliResource
 
 from benchmarks._data import write_day  # a big day written by DuckDB in about a second
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse
 from shopflow_assets.resources import LandingZone

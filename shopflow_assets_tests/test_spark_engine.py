@@ -28,7 +28,7 @@ from dagster import (
 )
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.assets.dbt import dbt_executable
+from shopflow_assets.dbt_command import dbt_executable
 from shopflow_assets.cli import write_day
 from shopflow_assets.export_contract import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
 from shopflow_assets.project import shopflow_dbt_project

@@ -21,7 +21,6 @@ from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.assets.ingest import WAREHOUSE_POOL
 from shopflow_assets.automation import ANY_DAY_EAGER
-from shopflow_assets.dbt_command import dbt_executable  # noqa: F401 (the executable of the dbt resource)
 from shopflow_assets.freshness import DAILY_BY_0800
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.project import shopflow_dbt_project

@@ -30,7 +30,7 @@ from dagster import (
 from shopflow_assets.asset_keys import DAILY_REVENUE, FACT_SALES, RAW_ORDERS
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.resources.landing import LandingZone
-from shopflow_assets.run_window import EXPORT_TAG
+from shopflow_assets.run_window import EXPORT_TAG, export_tag_value
 from shopflow_assets.settings import get_settings
 
 
@@ -67,7 +67,7 @@ def export_landed_sensor(context: SensorEvaluationContext, landing: LandingZone)
         if not is_partition(day, now):
             context.log.warning(f"Ignoring export dt={day}: not a partition of raw/orders (yet)")
             continue
-        export = f"{day}:{fingerprint}"
+        export = export_tag_value(day, fingerprint)
         if context.instance.get_run_records(RunsFilter(tags={EXPORT_TAG: export}), limit=1):
             context.log.info(f"Export dt={day} was pushed (shopflow-push-export): its run is under way")
             continue
