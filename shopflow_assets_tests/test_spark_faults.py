@@ -171,12 +171,18 @@ def alive(pid: int) -> bool:
 
 
 def staged_parquet(warehouse: Path, ignore: str = "dead-run") -> list[str]:
-    """Parquet files (finished or being written) in the staging folders of runs, but `ignore`'s."""
-    return sorted(
-        str(p.relative_to(warehouse))
-        for p in warehouse.glob("_staging/*/orders/**/*.parquet")
-        if p.relative_to(warehouse).parts[1] != ignore
-    )
+    """Parquet files (finished or being written) in the staging folders of runs, but `ignore`'s.
+    os.walk, not Path.glob: the ingest removes staging folders (dead-run's among them) while this
+    looks, and glob raises on a folder that vanishes under it where os.walk passes over it."""
+    found = []
+    try:
+        runs = [run.path for run in os.scandir(warehouse / "_staging") if run.name != ignore]
+    except FileNotFoundError:
+        runs = []
+    for run in runs:
+        for folder, _, files in os.walk(Path(run, "orders")):
+            found += [str(Path(folder, f).relative_to(warehouse)) for f in files if f.endswith(".parquet")]
+    return sorted(found)
 
 
 def ingest_drivers(root: int) -> dict[int, str]:
