@@ -4,6 +4,7 @@ and in-process runs of the real assets (real DuckDB, real dbt, a real ephemeral 
 from __future__ import annotations
 
 import csv
+import fcntl
 import datetime as dt
 import gzip
 import io
@@ -228,10 +229,24 @@ def slack(slack_server):
     )
 
 
+@pytest.fixture(autouse=True)
+def saved_parse_lock(request, tmp_path_factory):
+    """dbt's saved parse (shopflow_dbt/target/partial_parse.msgpack) is shared by every dbt run of
+    the suite, and a dbt run with other settings replaces it. Tests share this lock; one marked
+    `reads_dbt_parse_events` holds it alone, so that no dbt run of another pytest-xdist worker
+    replaces the saved parse between its own runs."""
+    exclusive = request.node.get_closest_marker("reads_dbt_parse_events") is not None
+    lock = tmp_path_factory.getbasetemp().parent / "shopflow-dbt-saved-parse.lock"  # shared by the workers
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
     """A Spark standalone master and one worker (2 cores, 4g for executors) on 127.0.0.1 on free
-    ports, for the whole session; run applications one at a time. Yields a
+    ports, for the whole session of a pytest-xdist worker (each one that runs a Spark test starts
+    its own); run applications one at a time. Yields a
     `spark_cluster.SparkCluster`: `master_url`, `web_url`, `applications()`, `alive_workers()`,
     `wait_for_application(name)`, `submit(script, name=...)`, `kill_worker()`, `start_worker()`
     (idempotent: a test that kills the worker restarts it in a `finally`). Stopped at the end, with

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import pytest
+
 from .conftest import (
     DAILY_REVENUE,
     FACT_SALES,
@@ -196,6 +198,7 @@ def dbt_parse_events(result) -> list[str]:
     return [n for n in names if "Pars" in n and n != "ParseCmdOut"]
 
 
+@pytest.mark.reads_dbt_parse_events  # conftest.saved_parse_lock
 def test_runs_after_the_first_do_not_parse_the_project_again(run, landing, warehouse_path, resources):
     """The day window reaches dbt in the environment, not in --vars, and each invocation's saved
     parse is the next one's start: dbt's own log says it skipped parsing, also after a day change
@@ -222,3 +225,31 @@ def test_runs_after_the_first_do_not_parse_the_project_again(run, landing, wareh
     assert [d for (d,) in query(warehouse_path, "SELECT dt::VARCHAR FROM analytics.daily_revenue ORDER BY dt")] == [
         "2024-03-01", "2024-03-02", "2024-03-03"
     ]
+
+
+def test_invocation_targets_keep_the_newest_ten_and_any_younger_than_an_hour(tmp_path):
+    """target/runs/<run>: beyond the newest ten, only folders untouched for an hour go; a younger
+    one may belong to another run's dbt, still writing there."""
+    import os
+    import time
+
+    from shopflow_assets.assets.dbt import prune_invocation_targets
+
+    now = time.time()
+    ages = {f"old-{i:02d}": 7200 + i for i in range(12)} | {f"young-{i}": 60 + i for i in range(3)}
+    for name, age in ages.items():
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (now - age, now - age))
+
+    prune_invocation_targets(tmp_path)
+
+    # the three young ones and the seven newest old ones make the ten newest; the other old ones go
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"young-{i}" for i in range(3)] + [f"old-{i:02d}" for i in range(7)])
+
+    # fifteen folders all touched within the hour (five new, the old ones written to again): none goes
+    for name in [f"old-{i:02d}" for i in range(7)]:
+        os.utime(tmp_path / name, (now - 10, now - 10))
+    for i in range(5):
+        (tmp_path / f"new-{i}").mkdir()
+    prune_invocation_targets(tmp_path)
+    assert len(list(tmp_path.iterdir())) == 15

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -42,8 +43,10 @@ TRANSIENT_DBT_ERRORS = (
     "Master removed our application",
 )
 
-# Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept.
+# Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept, and
+# none younger than an hour: another run's dbt may still be writing there.
 KEEP_INVOCATION_TARGETS = 10
+KEEP_INVOCATION_TARGETS_SECONDS = 3600
 
 # dbt's saved parse, in a target folder (https://docs.getdbt.com/reference/parsing#partial-parsing)
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
@@ -137,7 +140,8 @@ def shopflow_dbt_models(
     days = days_of(context.partition_time_window)
     env = dbt_environment(days, warehouse)
     context.log.info(f"dbt build for [{env['SHOPFLOW_DBT_MIN_DATE']}, {env['SHOPFLOW_DBT_MAX_DATE']})")
-    project_target = Path(dbt.project_dir) / "target"
+    # dagster-dbt runs dbt in the assets' project (not the resource's project_dir, if they differ)
+    project_target = Path(shopflow_dbt_project.project_dir) / "target"
     runs_dir = project_target / "runs"
     with environment(env):
         invocation = dbt.cli(
@@ -228,11 +232,18 @@ def _error_lines(error: Exception) -> list[str]:
     return [" ".join(lines)[:500]] if lines else [text.strip().splitlines()[0]]
 
 
-def prune_invocation_targets(runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS) -> None:
+def prune_invocation_targets(
+    runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS, keep_seconds: float = KEEP_INVOCATION_TARGETS_SECONDS
+) -> None:
     if not runs_dir.is_dir():
         return
-    targets = sorted(
-        (p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for stale in targets[keep:]:
-        shutil.rmtree(stale, ignore_errors=True)
+    modified = {}
+    for target in runs_dir.iterdir():
+        with contextlib.suppress(OSError):  # pruned meanwhile by another run
+            if target.is_dir():
+                modified[target] = target.stat().st_mtime
+    newest_first = sorted(modified, key=modified.get, reverse=True)
+    cutoff = time.time() - keep_seconds
+    for stale in newest_first[keep:]:
+        if modified[stale] < cutoff:
+            shutil.rmtree(stale, ignore_errors=True)
