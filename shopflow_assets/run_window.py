@@ -36,14 +36,13 @@ PARTITION_TAG = "dagster/partition"
 # The export a run builds, `<day>:<fingerprint>`: set by the export sensor and by
 # `shopflow-push-export`, so that neither starts a day the other already started.
 EXPORT_TAG = "shopflow/export"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def export_tag_value(day: str, fingerprint: str) -> str:
     """The EXPORT_TAG value (and the export sensor's run key) of one finished export of `day`."""
     return f"{day}:{fingerprint}"
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def days_of_run_tags(tags: dict[str, str]) -> list[dt.date]:
