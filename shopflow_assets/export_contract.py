@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from shopflow_assets.landing_rules import shown_name
+
 REQUIRED_COLUMNS = (
     "order_id",
     "line_number",
@@ -183,9 +185,34 @@ class MissingColumnsError(BadExportError):
     """A file's header lacks required columns (or has one twice): permanent, fix the export."""
 
 
+class ExportChangedError(Exception):
+    """A day's files changed while the ingest read them (a re-export landed): nothing was published;
+    the newest complete export is read again."""
+
+
+class RejectedShareError(BadExportError):
+    """A file that is mostly not order lines: refused, permanent."""
+
+
+# A file needs this many data lines before its share of rejected lines can refuse it.
+MIN_LINES_FOR_REJECTED_SHARE = 1000
+
+
+def rejected_share_error(display: str, rejected: int, rows: int, max_share: float) -> RejectedShareError | None:
+    """The error refusing a file of `rows` data lines, `rejected` of them rejected, if their share
+    is larger than `max_share` (SHOPFLOW_MAX_REJECTED_SHARE); None if the file is taken."""
+    if rows < MIN_LINES_FOR_REJECTED_SHARE or rejected <= max_share * rows:
+        return None
+    return RejectedShareError(
+        f"{display}: {rejected / rows:.1%} of its {rows} data lines are not valid order lines, more than "
+        f"SHOPFLOW_MAX_REJECTED_SHARE={max_share:g} allows: the file is refused and nothing of the day "
+        "was changed. Re-export the file (or raise SHOPFLOW_MAX_REJECTED_SHARE), then re-run the day."
+    )
+
+
 def display_name(day_dir: str, name: str) -> str:
     """How errors name a file: its day folder and name, e.g. dt=2024-03-01/part-7.csv."""
-    return f"{day_dir}/{name}"
+    return f"{day_dir}/{shown_name(name)}"
 
 
 def header_key(name: str) -> str:

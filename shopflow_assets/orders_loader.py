@@ -6,22 +6,31 @@ validates and publishes the rows. The flow for a set of days:
 1. check every file's header (a missing required column fails before anything is written);
 2. read each file once into a temp table: every value checked against the export contract and cast
    to its type in the same pass, all broken rules of a row collected, the text kept for the broken
-   rows only; DuckDB's CSV reader keeps unparseable lines in its rejects table;
-3. give every record its physical line (header = line 1), counting quoted newlines;
-4. publish: in one transaction, replace exactly those days in `raw.orders` (a copy of the typed
-   rows) and `raw.orders_rejected`.
+   rows only; lines the CSV reader cannot parse are skipped; count each file's physical lines;
+3. refuse a file whose share of rejected lines is above SHOPFLOW_MAX_REJECTED_SHARE; for the other
+   files that had unparseable lines, read them again to collect those (DuckDB's rejects tables);
+4. give every record its physical line (header = line 1), counting quoted newlines;
+5. if no day's files changed meanwhile, publish: in one transaction, replace exactly those days in
+   `raw.orders` (a copy of the typed rows) and `raw.orders_rejected`.
+
+A file is read by its exact path (a name is never a pattern) with the compression its name says.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import os
+import re
+import stat
 import time
-from pathlib import Path
+import zlib
 from typing import Callable, Sequence
 
 import duckdb
 
-from shopflow_assets.engines.base import LoadSummary
+from shopflow_assets.engines.base import IngestCancelled, LoadSummary, OutOfMemory
+from shopflow_assets.landing_rules import ExportFile
 from shopflow_assets.resources.landing import DayExport
 
 from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the contract's names)
@@ -32,24 +41,28 @@ from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the c
     STATUSES,
     TYPED_COLUMNS,
     BadExportError,
+    ExportChangedError,
     MissingColumnsError,
     display_name,
+    rejected_share_error,
     required_positions,
 )
 
 # read_csv caps a line at 2 MB by default; a long free-text field must not fail the day.
 MAX_LINE_BYTES = 32 * 1024 * 1024
-# The dialect is fixed by the contract; only the header is read from the file.
+# The dialect is fixed by the contract; only the header is read from the file. Compression follows
+# the file's name in any case (.CSV.GZ too), not DuckDB's guess from the path.
 CSV_OPTIONS = (
     "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
     f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {4 * MAX_LINE_BYTES}, "
-    "encoding = 'utf-8', compression = 'auto', hive_partitioning = false"
+    "encoding = 'utf-8', compression = $compression, hive_partitioning = false"
 )
+# Unparseable lines are only collected (in DuckDB's rejects tables, which its memory limit does not
+# bound) for a file that has some and is not refused for its share of rejected lines.
 REJECTS_OPTIONS = (
     "store_rejects = true, rejects_table = '_shopflow_csv_errors', "
     "rejects_scan = '_shopflow_csv_scans', rejects_limit = 0"
 )
-
 RAW_TABLES_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE TABLE IF NOT EXISTS raw.orders (
@@ -99,21 +112,76 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _header(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list[str]]:
+def literal_pattern(path: str) -> str:
+    """A path as read_csv's file argument, matching that one file: read_csv takes a glob pattern,
+    in which `*`, `?` and `[` are special; each goes in brackets, where it is itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+
+def _compression(f: ExportFile) -> str:
+    return "gzip" if f.gzip else "none"
+
+
+class _Reader:
+    """DuckDB errors of reading one file, said in the words of what to do."""
+
+    def __init__(self, display: str):
+        self.display = display
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not isinstance(error, duckdb.Error):
+            return False
+        raise engine_error(error, f"reading {self.display}") or _bad_file(self.display, error) from None
+
+
+def engine_error(error: duckdb.Error, doing: str) -> Exception | None:
+    """The error to raise for a DuckDB error that is not the file's fault, or None if it may be."""
+    if isinstance(error, duckdb.OutOfMemoryException):
+        return OutOfMemory(
+            f"DuckDB ran out of memory {doing} (SHOPFLOW_DUCKDB_MEMORY_LIMIT): "
+            f"{_first_line(error)}. Retried; if it persists, raise SHOPFLOW_DUCKDB_MEMORY_LIMIT "
+            "or free memory on the host."
+        )
+    if isinstance(error, duckdb.InterruptException):
+        return IngestCancelled(f"Interrupted while {doing}: the run was cancelled.")
+    if isinstance(error, duckdb.IOException) and not _is_corrupt_file(error):
+        return error  # the file system or a lock: transient, the step is retried
+    return None
+
+
+def _bad_file(display: str, error: duckdb.Error) -> BadExportError:
+    if isinstance(error, duckdb.IOException):
+        return BadExportError(
+            f"{display}: the file is corrupt: {_first_line(error)}. Re-export the file, then re-run the day."
+        )
+    return BadExportError(
+        f"{display}: DuckDB cannot read it as CSV: {_first_line(error)}. "
+        "Fix or re-export the file, then re-run the day."
+    )
+
+
+def _header(con: duckdb.DuckDBPyConnection, f: ExportFile) -> tuple[list[str], list[str]]:
     """The file's column names as DuckDB reads them (duplicates renamed, e.g. `note_1`) and as
     they are written in the file, in the same order."""
+    params = {"path": literal_pattern(f.path), "compression": _compression(f)}
+    # The pattern must name exactly this file: a name is a name, never a pattern.
+    found = [r[0] for r in con.execute("SELECT file FROM glob($path)", {"path": params["path"]}).fetchall()]
+    if found != [f.path]:
+        raise RuntimeError(f"the file {f.path!r} was not found as itself (found {len(found)}): retried")
     # ignore_errors: a malformed data row must not stop the sniffer from reading the header.
     names = [
         r[0]
         for r in con.execute(
-            f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)",
-            {"path": str(path)},
+            f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)", params
         ).fetchall()
     ]
     written = con.execute(
         f"SELECT * FROM read_csv($path, {CSV_OPTIONS.replace('header = true', 'header = false')}, "
         "ignore_errors = true) LIMIT 1",
-        {"path": str(path)},
+        params,
     ).fetchall()
     if not written:
         return names, []  # an empty file: DuckDB still names one column, `column0`
@@ -121,33 +189,23 @@ def _header(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], list
     return names, as_written if len(as_written) == len(names) else names
 
 
-def _column_map(export: DayExport, path: Path, names: Sequence[str], written: Sequence[str]) -> dict[str, str]:
-    """Required column -> DuckDB's name for it (the contract's header rules, export_contract.py)."""
-    positions = required_positions(str(export.day), _display(path), written)
-    return {c: names[p] for c, p in positions.items()}
-
-
-def _display(path: Path) -> str:
-    return display_name(path.parent.name, path.name)
-
-
-def check_headers(con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]) -> dict[Path, tuple[list[str], dict[str, str]]]:
-    """Every file's header and column mapping; all problems in one error before anything is read."""
-    headers: dict[Path, tuple[list[str], dict[str, str]]] = {}
+def check_headers(
+    con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Every file's header and column mapping (by path); all problems in one error before
+    anything is read."""
+    headers: dict[str, tuple[list[str], dict[str, str]]] = {}
     problems: list[str] = []
     for export in exports:
-        for path in export.files:
+        for f in export.files:
+            display = display_name(export.folder, f.name)
             try:
-                names, written = _header(con, path)
-                headers[path] = (names, _column_map(export, path, names, written))
-            except MissingColumnsError as e:
+                with _Reader(display):
+                    names, written = _header(con, f)
+                positions = required_positions(str(export.day), display, written)
+                headers[f.path] = (names, {c: names[p] for c, p in positions.items()})
+            except BadExportError as e:
                 problems.append(str(e))
-            except duckdb.IOException as e:
-                if not _is_corrupt_file(e):
-                    raise  # transient
-                problems.append(f"{_display(path)}: the file is corrupt: {_first_line(e)}")
-            except duckdb.Error as e:
-                problems.append(f"{_display(path)}: cannot read the CSV header: {_first_line(e)}")
     if problems:
         raise BadExportError("\n".join(problems))
     return headers
@@ -174,69 +232,81 @@ def _stage_files(
     con: duckdb.DuckDBPyConnection,
     first_idx: int,
     day: dt.date,
-    paths: Sequence[Path],
+    files: Sequence[ExportFile],
+    displays: Sequence[str],
     header: Sequence[str],
     columns: dict[str, str],
 ) -> None:
-    """Stage files of one day and one header, numbered first_idx, first_idx + 1, ... in order.
+    """Stage files of one day, one header and one compression, numbered first_idx, first_idx + 1,
+    ... in order.
 
     They are read in one statement, whose threads then share the files' work (a file read alone
     leaves threads idle at its start and end). Should that fail, nothing of it remains (the
     statement is undone, DuckDB's rejects tables too) and the files are read one by one, so that
     the error names the file."""
     extra = [h for h in header if h not in set(columns.values())]
+    compression = _compression(files[0])
+    stage = {"day": day, "compression": compression, "columns": {name: "VARCHAR" for name in header}}
     # A column of the file named like the reader's virtual column would hide it.
-    if len(paths) > 1 and not any(h.lower() == "file_index" for h in header):
+    if len(files) > 1 and not any(h.lower() == "file_index" for h in header):
         try:
-            con.execute(
-                _stage_sql(columns, extra, several=True),
-                {
-                    "file_idx": first_idx,
-                    "day": day,
-                    "path": [str(path) for path in paths],
-                    "columns": {name: "VARCHAR" for name in header},
-                },
-            )
+            paths = [literal_pattern(f.path) for f in files]
+            con.execute(_stage_sql(columns, extra, several=True), {**stage, "file_idx": first_idx, "path": paths})
             return
-        except duckdb.InterruptException:
-            raise
-        except duckdb.Error:
-            pass
-    for offset, path in enumerate(paths):
-        _stage_file(con, first_idx + offset, day, path, header, columns, extra)
+        except duckdb.Error as error:
+            failure = engine_error(error, f"reading {displays[0]} and {len(files) - 1} other file(s)")
+            if failure is not None and not isinstance(failure, duckdb.IOException):
+                raise failure from None
+    for offset, (f, display) in enumerate(zip(files, displays)):
+        one = {"file_idx": first_idx + offset, "path": literal_pattern(f.path)}
+        with _Reader(display):
+            con.execute(_stage_sql(columns, extra), {**stage, **one})
 
 
-def _stage_file(
-    con: duckdb.DuckDBPyConnection,
-    file_idx: int,
-    day: dt.date,
-    path: Path,
-    header: Sequence[str],
-    columns: dict[str, str],
-    extra: Sequence[str],
-) -> None:
+LINE_COUNT_CHUNK = 1 << 20
+
+
+def count_lines(f: ExportFile, display: str) -> tuple[int, int]:
+    """(physical lines, blank lines) of a file, counted as bytes (`wc -l`, decompressed): no
+    record is parsed. DuckDB's reader skips blank lines and, with ignore_errors, lines it cannot
+    parse (invalid UTF-8 among them); these counts are what it cannot say. The file is opened only
+    if it is still a regular file (a link or FIFO put in its place since the listing is not)."""
     try:
-        con.execute(
-            _stage_sql(columns, extra),
-            {
-                "file_idx": file_idx,
-                "day": day,
-                "path": str(path),
-                "columns": {name: "VARCHAR" for name in header},
-            },
-        )
-    except duckdb.IOException as error:
-        if not _is_corrupt_file(error):
-            raise  # the file system or a lock: transient, the step is retried
-        raise BadExportError(
-            f"{_display(path)}: the file is corrupt: {_first_line(error)}. "
-            "Re-export the file, then re-run the day."
-        ) from None
-    except duckdb.Error as error:
-        raise BadExportError(
-            f"{_display(path)}: DuckDB cannot read it as CSV: {_first_line(error)}. "
-            "Fix or re-export the file, then re-run the day."
-        ) from None
+        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise ExportChangedError(f"{display} changed while it was read ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ExportChangedError(f"{display} is no longer a regular file")
+        stream = gzip.GzipFile(fileobj=raw) if f.gzip else raw
+        lines = blank = 0
+        last, previous = b"", b""
+        try:
+            while chunk := stream.read(LINE_COUNT_CHUNK):
+                lines += chunk.count(b"\n")
+                joined = previous + chunk  # a blank line may straddle two chunks
+                if b"\n\n" in joined or b"\n\r\n" in joined:
+                    blank += len(_BLANK_LINE.findall(chunk, 0)) + _blank_at_start(previous, chunk)
+                previous, last = chunk[-2:], chunk
+        except (OSError, EOFError, zlib.error) as error:
+            raise BadExportError(
+                f"{display}: the file is corrupt: {error}. Re-export the file, then re-run the day."
+            ) from None
+    if last and not last.endswith(b"\n"):
+        lines += 1  # a last line without its newline
+    return lines, blank
+
+
+# A blank line: a line end right after a line end (CR allowed), within a chunk.
+_BLANK_LINE = re.compile(rb"(?<=\n)\r?\n")
+
+
+def _blank_at_start(previous: bytes, chunk: bytes) -> int:
+    """A blank line whose start is in the previous chunk's end and whose end starts this chunk."""
+    return int(
+        (previous.endswith(b"\n") and (chunk.startswith(b"\n") or chunk.startswith(b"\r\n")))
+        or (previous.endswith(b"\n\r") and chunk.startswith(b"\n"))
+    )
 
 
 def _is_corrupt_file(error: duckdb.IOException) -> bool:
@@ -282,7 +352,7 @@ FROM (
             SELECT *, {_TYPED_MATCH} AS _matched
             FROM (
                 SELECT {picked}{picked_others}
-                FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)
+                FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true, auto_detect = false, columns = $columns)
             )
         )
     )
@@ -294,6 +364,7 @@ _CREATE_STAGE = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_files (
     file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR, first_row BIGINT
 );
+CREATE OR REPLACE TEMP TABLE _shopflow_line_counts (file_idx INTEGER, lines BIGINT, blank BIGINT);
 CREATE OR REPLACE TEMP TABLE _shopflow_stage (
     file_idx INTEGER, _newlines BIGINT,
     order_id VARCHAR, line_number INTEGER, customer_id VARCHAR, product_id VARCHAR, quantity INTEGER,
@@ -415,13 +486,15 @@ def load_days(
     run_id: str,
     loaded_at: dt.datetime,
     progress: Callable[[str], None] | None = None,
+    max_rejected_share: float = 0.5,
 ) -> LoadSummary:
     """Replace `raw.orders` and `raw.orders_rejected` for the exports' days, in one transaction.
 
     Raises BadExportError (nothing changed) when a file cannot be ingested as it is, for example
-    when its header lacks a required column; duckdb.IOException on a transient I/O fault.
+    when its header lacks a required column or most of its lines are not order lines;
+    ExportChangedError (nothing changed) when a day's files changed while they were read;
+    IngestCancelled when interrupted; OutOfMemory or duckdb.IOException on a transient fault.
     """
-    summary = LoadSummary(days=[e.day for e in exports])
     headers = check_headers(con, exports)
     ensure_raw_tables(con)
 
@@ -430,24 +503,32 @@ def load_days(
     con.execute(_CREATE_STAGE)
     con.execute("CREATE OR REPLACE TEMP TABLE _shopflow_files_days (dt DATE)")
     con.executemany("INSERT INTO _shopflow_files_days VALUES (?)", [[e.day] for e in exports])
-    file_idx = 0
+    summary = LoadSummary.of_days([e.day for e in exports])
+    files: dict[int, tuple[DayExport, ExportFile]] = {}
     started = time.monotonic()
     for done, export in enumerate(exports, start=1):
-        first_file = file_idx + 1
-        groups: dict[tuple, list[Path]] = {}  # the day's files by header
-        for path in export.files:
-            header, columns = headers[path]
-            groups.setdefault((tuple(header), tuple(columns.items())), []).append(path)
-        for (header, columns), paths in groups.items():
-            for path in paths:
-                file_idx += 1
+        first_file = len(files) + 1
+        groups: dict[tuple, list[ExportFile]] = {}  # the day's files by header and compression
+        for f in export.files:
+            header, columns = headers[f.path]
+            groups.setdefault((tuple(header), tuple(columns.items()), f.gzip), []).append(f)
+            day = summary.days[export.day.isoformat()]
+            day.files += 1
+            day.bytes += f.size
+        for (header, columns, _), group in groups.items():
+            first = len(files) + 1
+            for f in group:
+                files[len(files) + 1] = (export, f)
                 con.execute(
                     "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?, NULL)",
-                    [file_idx, export.day, str(path), path.name],
+                    [len(files), export.day, f.path, f.name],
                 )
-                summary.files += 1
-                summary.bytes += path.stat().st_size
-            _stage_files(con, file_idx - len(paths) + 1, export.day, paths, header, dict(columns))
+            displays = [display_name(export.folder, f.name) for f in group]
+            _stage_files(con, first, export.day, group, displays, header, dict(columns))
+            con.executemany(
+                "INSERT INTO _shopflow_line_counts VALUES (?, ?, ?)",
+                [[first + n, *count_lines(f, d)] for n, (f, d) in enumerate(zip(group, displays))],
+            )
         if progress and len(exports) > 1:
             (rows,) = con.execute(
                 "SELECT count(*) FROM _shopflow_stage WHERE file_idx >= ?", [first_file]
@@ -459,44 +540,105 @@ def load_days(
                 f"{rows} rows; {elapsed:.0f} s so far, about {left:.0f} s left to read"
             )
     con.execute(_FIRST_ROWS_SQL)
+    with_unparsed_lines = _check_rejected_shares(con, files, max_rejected_share)
+    for file_idx in with_unparsed_lines:  # collect their unparseable lines, with DuckDB's rejects
+        export, f = files[file_idx]
+        header, columns = headers[f.path]
+        with _Reader(display_name(export.folder, f.name)):
+            # every column read (a plain count(*) would not parse the fields, and find no error)
+            con.execute(
+                f"SELECT sum({' + '.join(f'coalesce(length({quote_ident(h)}), 0)' for h in header)}) "
+                f"FROM read_csv($path, {CSV_OPTIONS}, {REJECTS_OPTIONS}, auto_detect = false, columns = $columns)",
+                {"path": literal_pattern(f.path), "compression": _compression(f), "columns": {n: "VARCHAR" for n in header}},
+            ).fetchall()  # a SELECT runs as it is fetched
     _ensure_reject_tables(con)
     con.execute(_LINES_SQL)
 
+    # What was read is one export of each day, unless a day's files changed meanwhile.
+    changed = [e for e in exports if e.changed()]
+    if changed:
+        raise ExportChangedError(
+            f"The export of {', '.join(str(e.day) for e in changed)} changed while it was read "
+            "(a re-export landed): nothing was published."
+        )
+    publish(con, {"loaded_at": loaded_at, "run_id": run_id})
+
+    for day, loaded in con.execute(
+        "SELECT dt, count(*) FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days) GROUP BY dt"
+    ).fetchall():
+        summary.days[day.isoformat()].rows_loaded = loaded
+    for day, rule, rejected in con.execute(
+        f"""
+        SELECT dt, rule, count(*)
+        FROM raw.orders_rejected,
+             unnest(CASE WHEN reason LIKE '{MALFORMED_ROW}%' THEN ['{MALFORMED_ROW}']
+                         ELSE string_split(reason, '; ') END) AS u(rule)
+        WHERE dt IN (SELECT dt FROM _shopflow_files_days)
+        GROUP BY ALL ORDER BY ALL
+        """
+    ).fetchall():
+        summary.days[day.isoformat()].rejected_by_reason[rule] = rejected
+    for day, rejected in con.execute(
+        "SELECT dt, count(*) FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days) GROUP BY dt"
+    ).fetchall():
+        summary.days[day.isoformat()].rows_rejected = rejected
+    return summary
+
+
+# Per file: its data lines (not the header, not blank), the lines of its valid records and of all
+# the records the CSV reader parsed (valid or breaking a rule), and its blank lines.
+_FILE_LINES_SQL = """
+SELECT f.file_idx,
+       greatest(coalesce(c.lines, 0) - 1 - coalesce(c.blank, 0), 0) AS data_lines,
+       coalesce(s.valid_lines, 0), coalesce(s.parsed_lines, 0), coalesce(c.blank, 0)
+FROM _shopflow_files f
+LEFT JOIN (SELECT file_idx, sum(lines) AS lines, sum(blank) AS blank FROM _shopflow_line_counts GROUP BY ALL) c
+    USING (file_idx)
+LEFT JOIN (
+    SELECT file_idx,
+           count(*) FILTER (WHERE reason = '') + coalesce(sum(_newlines) FILTER (WHERE reason = ''), 0) AS valid_lines,
+           count(*) + coalesce(sum(_newlines), 0) AS parsed_lines
+    FROM _shopflow_stage GROUP BY ALL
+) s USING (file_idx)
+ORDER BY f.file_idx
+"""
+
+
+def _check_rejected_shares(
+    con: duckdb.DuckDBPyConnection, files: dict[int, tuple[DayExport, ExportFile]], max_share: float
+) -> list[int]:
+    """Refuse (BadExportError) a file whose share of rejected lines is larger than `max_share`,
+    before its unparseable lines are collected; return the files that have unparseable lines."""
+    unparsed, problems = [], []
+    for file_idx, data_lines, valid_lines, parsed_lines, blank in con.execute(_FILE_LINES_SQL).fetchall():
+        export, f = files[file_idx]
+        error = rejected_share_error(
+            display_name(export.folder, f.name), max(data_lines - valid_lines, 0), data_lines, max_share
+        )
+        if error is not None:
+            problems.append(str(error))
+        elif parsed_lines < data_lines or blank:  # (a blank line may be inside a quoted field)
+            unparsed.append(file_idx)
+    if problems:
+        raise BadExportError("\n".join(problems))
+    return unparsed
+
+
+def publish(con: duckdb.DuckDBPyConnection, params: dict) -> None:
+    """The staged days replace theirs in raw.orders and raw.orders_rejected, in one transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
         for statement in _PUBLISH_STATEMENTS:
-            params = {"loaded_at": loaded_at, "run_id": run_id} if "$run_id" in statement else None
-            con.execute(statement, params)
+            con.execute(statement, params if "$run_id" in statement else None)
         con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
+    except BaseException as error:
+        try:
+            con.execute("ROLLBACK")
+        except Exception as rollback_error:  # noqa: BLE001 (the first error is the one to report)
+            error.add_note(f"(and the rollback failed too: {_first_line(rollback_error)})")
+        if isinstance(error, duckdb.Error):
+            raise engine_error(error, "publishing the days") or error from None
         raise
-
-    summary.rows_by_day = {
-        str(d): n
-        for d, n in con.execute(
-            "SELECT dt, count(*) FROM raw.orders WHERE dt IN (SELECT dt FROM _shopflow_files_days) GROUP BY dt ORDER BY dt"
-        ).fetchall()
-    }
-    for d in summary.days:
-        summary.rows_by_day.setdefault(str(d), 0)
-    summary.rows_loaded = sum(summary.rows_by_day.values())
-    summary.rejected_by_reason = dict(
-        con.execute(
-            f"""
-            SELECT rule, count(*)
-            FROM raw.orders_rejected,
-                 unnest(CASE WHEN reason LIKE '{MALFORMED_ROW}%' THEN ['{MALFORMED_ROW}']
-                             ELSE string_split(reason, '; ') END) AS u(rule)
-            WHERE dt IN (SELECT dt FROM _shopflow_files_days)
-            GROUP BY rule ORDER BY rule
-            """
-        ).fetchall()
-    )
-    summary.rows_rejected = con.execute(
-        "SELECT count(*) FROM raw.orders_rejected WHERE dt IN (SELECT dt FROM _shopflow_files_days)"
-    ).fetchall()[0][0]
-    return summary
 
 
 def _ensure_reject_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -41,6 +41,7 @@ class Settings:
     sensor_interval_seconds: int
     alert_summary_after_seconds: int
     duckdb_memory_limit: str
+    max_rejected_share: float
     engine: str
     spark_master: str
     spark_warehouse: Path
@@ -68,6 +69,7 @@ class Settings:
             sensor_interval_seconds=_parse_number("SHOPFLOW_SENSOR_INTERVAL_SECONDS", get("SHOPFLOW_SENSOR_INTERVAL_SECONDS", "4"), int),
             alert_summary_after_seconds=_parse_number("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", get("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", "1800"), int),
             duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
+            max_rejected_share=_parse_share(get("SHOPFLOW_MAX_REJECTED_SHARE", "0.5")),
             engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
             spark_warehouse=_repo_path(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
@@ -95,6 +97,20 @@ def _parse_number(name: str, value: str, kind: type) -> int | float:
     if number < 0:
         raise SettingsError(f"{name}={value!r} is not a non-negative {kind.__name__}: e.g. {name}=2")
     return number
+
+
+def _parse_share(value: str) -> float:
+    """A share between 0 and 1 (checked here so that a typo fails at load)."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:  # NaN fails too
+        raise SettingsError(
+            f"SHOPFLOW_MAX_REJECTED_SHARE={value!r} is not a share between 0 and 1: e.g. "
+            "SHOPFLOW_MAX_REJECTED_SHARE=0.5 (a file with more than half its lines rejected is refused)"
+        )
+    return share
 
 
 _MEMORY_LIMIT = re.compile(r"[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)", re.IGNORECASE)

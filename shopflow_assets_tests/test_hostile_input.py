@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS, BadExportError, load_days
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources.landing import DayExport
+from shopflow_assets.resources.landing import LandingZone
 
 from .conftest import csv_text, failure_messages, line, query, snapshot
 
@@ -238,6 +238,12 @@ def exports(draw):
     return files
 
 
+def finished(directory: Path):
+    """The finished export of DAY in `directory` (orders/dt=DAY under a landing root), as the run lists it."""
+    (directory / "_SUCCESS").touch()
+    return LandingZone(root=str(directory.parent.parent)).finished_export(dt.date.fromisoformat(DAY))
+
+
 def written_export(directory: Path, spec) -> dict[tuple[str, int], tuple[dict, str | None]]:
     """Write the files; return (file, physical line) -> (fields, expected reason) for every row."""
     expected = {}
@@ -259,10 +265,10 @@ def written_export(directory: Path, spec) -> dict[tuple[str, int], tuple[dict, s
 @given(spec=exports())
 def test_random_exports_every_row_loaded_or_rejected_at_its_line(spec):
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / f"dt={DAY}"
-        directory.mkdir()
+        directory = Path(tmp) / "landing" / "orders" / f"dt={DAY}"
+        directory.mkdir(parents=True)
         expected = written_export(directory, spec)
-        export = DayExport(day=dt.date.fromisoformat(DAY), directory=directory, files=tuple(sorted(directory.iterdir())))
+        export = finished(directory)
         warehouse = DuckDBWarehouse(path=str(Path(tmp) / "w.duckdb"))
         with warehouse.connect() as con:
             summary = load_days(con, [export], "run-1", dt.datetime.now(dt.timezone.utc))
@@ -293,10 +299,10 @@ def test_random_export_written_twice_loads_once():
     """Re-running a day, whatever the export holds, leaves what one run leaves."""
     spec = {"a.csv": (list(REQUIRED_COLUMNS), [(line(f"O{i}", quantity=str(i % 3)), None) for i in range(30)], "\n", False, "")}
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / f"dt={DAY}"
-        directory.mkdir()
+        directory = Path(tmp) / "landing" / "orders" / f"dt={DAY}"
+        directory.mkdir(parents=True)
         written_export(directory, spec)
-        export = DayExport(day=dt.date.fromisoformat(DAY), directory=directory, files=(directory / "a.csv",))
+        export = finished(directory)
         warehouse = DuckDBWarehouse(path=str(Path(tmp) / "w.duckdb"))
         tables = []
         for attempt in range(3):
@@ -313,12 +319,12 @@ def test_random_export_written_twice_loads_once():
 
 
 def test_bad_export_error_is_raised_before_anything_is_written(tmp_path):
-    directory = tmp_path / f"dt={DAY}"
-    directory.mkdir()
+    directory = tmp_path / "landing" / "orders" / f"dt={DAY}"
+    directory.mkdir(parents=True)
     (directory / "a.csv").write_text(csv_text([line("A")]))
     (directory / "b.csv").write_text("order_id\nX\n")
     warehouse = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
-    export = DayExport(day=dt.date.fromisoformat(DAY), directory=directory, files=tuple(sorted(directory.iterdir())))
+    export = finished(directory)
     with warehouse.connect() as con, pytest.raises(BadExportError, match=r"dt=2024-03-01/b.csv line 1 \(header\)"):
         load_days(con, [export], "run-1", dt.datetime.now(dt.timezone.utc))
     with warehouse.connect() as con:

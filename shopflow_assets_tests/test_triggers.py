@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
@@ -43,11 +44,38 @@ def test_export_sensor_requests_each_finished_day_once_and_re_exports_again(land
 
     # re-export of 03-01 with a changed file (same size, same name: only content and mtime differ)
     path = landing.day_dir("2024-03-01") / "a.csv"
+    marker = landing.day_dir("2024-03-01") / "_SUCCESS"
     path.write_text(csv_text([line("Z")]))
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    newer = marker.stat().st_mtime_ns + 1_000_000
+    os.utime(path, ns=(newer, newer))
+    # the file is newer than _SUCCESS: a re-export being written, not requested yet
+    requests, cursor = tick(landing, cursor)
+    assert requests == []
+    os.utime(marker, ns=(newer, newer))  # the exporter writes _SUCCESS last
     requests, cursor = tick(landing, cursor)
     assert requests == [("2024-03-01", DAY_RUN)]
     assert tick(landing, cursor)[0] == []
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_a_new_export(landing, tmp_path):
+    """cp -p and rsync -a keep a file's size and mtime: the export is still seen as new."""
+    landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
+    requests, cursor = tick(landing)
+    assert requests == [("2024-03-01", DAY_RUN)]
+    path = landing.day_dir("2024-03-01") / "a.csv"
+    replacement = tmp_path / "a.csv"
+    replacement.write_text(csv_text([line("B")]))  # same size as the first
+    assert replacement.stat().st_size == path.stat().st_size
+    before = path.stat()
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(replacement), str(path)], check=True)  # in place: same inode
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    requests, cursor = tick(landing, cursor)
+    assert requests == [("2024-03-01", DAY_RUN)]
+    # rsync -a: a new file renamed over the old one, size and mtime kept
+    subprocess.run(["cp", "-p", str(path), str(tmp_path / "b.csv")], check=True)
+    os.replace(tmp_path / "b.csv", path)
+    assert tick(landing, cursor)[0] == [("2024-03-01", DAY_RUN)]
 
 
 def test_export_sensor_leaves_an_export_that_was_pushed_to_its_run(landing, instance):
@@ -57,13 +85,19 @@ def test_export_sensor_leaves_an_export_that_was_pushed_to_its_run(landing, inst
     from shopflow_assets.run_window import EXPORT_TAG
 
     landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
-    (fingerprint,) = [f for d, f in LandingZone(root=str(landing.root)).finished_export_fingerprints()]
+    fingerprint = LandingZone(root=str(landing.root)).export_fingerprint(dt.date(2024, 3, 1))
     job = defs.resolve_job_def("shopflow_daily_job")
-    instance.create_run_for_job(job, tags={EXPORT_TAG: f"2024-03-01:{fingerprint}", "dagster/partition": "2024-03-01"})
+    pushed = instance.create_run_for_job(
+        job, tags={EXPORT_TAG: f"2024-03-01:{fingerprint}", "dagster/partition": "2024-03-01"}
+    )
 
     requests, cursor = tick(landing, instance=instance)
     assert requests == []
     landing.export("2024-03-01", {"a.csv": csv_text([line("A")]), "b.csv": csv_text([line("B")])})
+    # the pushed run has not started: it builds whatever export it finds, so the sensor waits for it
+    requests, cursor = tick(landing, cursor, instance=instance)
+    assert requests == []
+    instance.report_run_failed(pushed)
     assert tick(landing, cursor, instance=instance)[0] == [("2024-03-01", DAY_RUN)]
 
 
@@ -85,7 +119,7 @@ def test_export_sensor_ignores_days_that_are_not_partitions(landing):
     landing.export(future, {"a.csv": "x"})
     requests, cursor = tick(landing)
     assert requests == []
-    assert set(json.loads(cursor)) == {"2019-12-31", "not-a-day", future}
+    assert json.loads(cursor)["requested"] == {}  # nothing recorded: each is requested once it is a day
 
 
 def test_export_sensor_tick_is_fast_with_years_of_days(landing):

@@ -13,11 +13,12 @@ from dagster import (
 
 from shopflow_assets.asset_keys import RAW_ORDERS
 from shopflow_assets.engines import Warehouse
-from shopflow_assets.export_contract import BadExportError
+from shopflow_assets.engines.base import IngestCancelled
+from shopflow_assets.export_contract import BadExportError, ExportChangedError
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.retries import TRANSIENT_RETRY_POLICY, not_retried_when_cancelled
-from shopflow_assets.resources import ExportNotReady, LandingZone, LandingZoneMissing
-from shopflow_assets.run_window import days_of, rerun_command
+from shopflow_assets.resources import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
+from shopflow_assets.run_window import EXPORT_TAG, days_of, export_tag_value, rerun_command
 from shopflow_assets.settings import get_settings
 
 RAW_ORDERS_COLUMNS = (
@@ -40,6 +41,8 @@ RAW_ORDERS_COLUMNS = (
 
 # Runs that write the DuckDB file take a slot of this pool: DuckDB allows one writer per file.
 WAREHOUSE_POOL = "shopflow_warehouse"
+# An export that changes while it is read is read again, the newest complete one, this many times.
+READS_OF_A_CHANGING_EXPORT = 3
 
 
 @asset(
@@ -67,23 +70,63 @@ def raw_orders(
     context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse
 ) -> MaterializeResult:
     days = days_of(context.partition_time_window)
-    # The file list is read here, inside the run, never when the definitions load.
+    for attempt in range(1, READS_OF_A_CHANGING_EXPORT + 1):
+        # The file list is read here, inside the run, never when the definitions load.
+        exports = finished_exports(landing, days)
+        claim_export(context, exports)
+        context.log.info(
+            f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
+            f"{sum(len(e.files) for e in exports)} file(s)"
+        )
+        try:
+            with not_retried_when_cancelled(f"The ingest of {days[0]}..{days[-1]}"):
+                summary = warehouse.ingest(context, exports)
+            break
+        except ExportChangedError as changed:  # nothing published: read the newest export
+            context.log.warning(f"{changed} Reading it again ({attempt}/{READS_OF_A_CHANGING_EXPORT}).")
+        except BadExportError as error:  # permanent: retrying cannot fix the file
+            raise Failure(
+                description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
+                allow_retries=False,
+            ) from None
+        except IngestCancelled as cancelled:
+            raise Failure(description=f"{cancelled} Not retried; re-run to build it.", allow_retries=False) from None
+    else:
+        raise Failure(
+            description=f"The export of {days[0]}..{days[-1]} kept changing while it was read "
+            f"({READS_OF_A_CHANGING_EXPORT} times): nothing was changed. Re-run once the exporter has "
+            f"finished: {rerun_command('raw/orders', days)}",
+            allow_retries=True,
+        )
+    # Each day's own numbers on its own materialization (a range is one run: see the README).
+    for day in days:
+        context.add_asset_metadata(summary.metadata(day), partition_key=day.isoformat())
+    return MaterializeResult()
+
+
+def finished_exports(landing: LandingZone, days: list) -> list[DayExport]:
     try:
-        exports = [landing.finished_export(day) for day in days]
+        return [landing.finished_export(day) for day in days]
     except ExportNotReady as not_ready:  # transient: retried, the export may still land
         raise Failure(description=str(not_ready), allow_retries=True) from None
     except LandingZoneMissing as missing:  # a setting to fix: retrying cannot help
         raise Failure(description=str(missing), allow_retries=False) from None
-    context.log.info(
-        f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
-        f"{sum(len(e.files) for e in exports)} file(s)"
-    )
-    try:
-        with not_retried_when_cancelled(f"The ingest of {days[0]}..{days[-1]}"):
-            summary = warehouse.ingest(context, exports)
-    except BadExportError as error:  # permanent: retrying cannot fix the file
+    except BadExportError as refused:  # the day's folder breaks the landing-zone rules
         raise Failure(
-            description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
+            description=f"{refused}\nRe-run with: {rerun_command('raw/orders', days)}",
             allow_retries=False,
         ) from None
-    return MaterializeResult(metadata=summary.metadata())
+
+
+def claim_export(context: AssetExecutionContext, exports: list[DayExport]) -> None:
+    """A day's run is tagged with the export it builds (the export sensor and shopflow-push-export
+    start nothing for an export that has a run). If the day was re-exported since the run was
+    requested, the run builds the newer export, and says so in its tag."""
+    if len(exports) != 1:
+        return
+    export = export_tag_value(exports[0].day.isoformat(), exports[0].fingerprint)
+    requested = context.run.tags.get(EXPORT_TAG)
+    if requested is not None and requested != export:
+        context.log.info(f"The export changed since the run was requested ({requested}): building {export}")
+    if requested != export:
+        context.instance.add_run_tags(context.run_id, {EXPORT_TAG: export})

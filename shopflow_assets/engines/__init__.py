@@ -10,8 +10,16 @@ from shopflow_assets.settings import Settings
 def warehouse_for(settings: Settings) -> Warehouse:
     """The warehouse resource of the configured engine."""
     if settings.engine == "spark":
-        return SparkWarehouse(master=settings.spark_master, warehouse_dir=str(settings.spark_warehouse))
-    return DuckDBWarehouse(path=str(settings.warehouse), memory_limit=settings.duckdb_memory_limit)
+        return SparkWarehouse(
+            master=settings.spark_master,
+            warehouse_dir=str(settings.spark_warehouse),
+            max_rejected_share=settings.max_rejected_share,
+        )
+    return DuckDBWarehouse(
+        path=str(settings.warehouse),
+        memory_limit=settings.duckdb_memory_limit,
+        max_rejected_share=settings.max_rejected_share,
+    )
 
 
 __all__ = ["DuckDBWarehouse", "LoadSummary", "SparkWarehouse", "Warehouse", "WarehouseLockedError", "warehouse_for"]

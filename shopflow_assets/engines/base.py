@@ -13,25 +13,32 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue
+from pydantic import Field
 
 from shopflow_assets.export_contract import REJECT_REASONS
 from shopflow_assets.resources.landing import DayExport
 
 
-@dataclass
-class LoadSummary:
-    """What an ingest did, whichever engine did it."""
+class OutOfMemory(RuntimeError):
+    """The engine ran out of memory: transient (retried), and not the export's fault."""
 
-    days: list[dt.date]
+
+class IngestCancelled(RuntimeError):
+    """The engine's work was interrupted because the run is being cancelled: not retried."""
+
+
+@dataclass
+class DayLoad:
+    """What an ingest did to one day."""
+
     files: int = 0
     bytes: int = 0
     rows_loaded: int = 0
     rows_rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    rows_by_day: dict[str, int] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
-        """raw/orders' materialization metadata."""
+        """The day's raw/orders materialization metadata."""
         return {
             "dagster/row_count": self.rows_loaded,
             "rows_loaded": self.rows_loaded,
@@ -39,14 +46,45 @@ class LoadSummary:
             "files": self.files,
             "bytes": self.bytes,
             "rejected_by_reason": MetadataValue.json(self.rejected_by_reason),
-            "rows_by_day": MetadataValue.json(self.rows_by_day),
             # one number per rule, 0 included, so that the UI can plot each across days
             **{f"rejected: {reason}": self.rejected_by_reason.get(reason, 0) for reason in REJECT_REASONS},
         }
 
 
+@dataclass
+class LoadSummary:
+    """What an ingest did, day by day, whichever engine did it."""
+
+    days: dict[str, DayLoad]
+
+    @classmethod
+    def of_days(cls, days: Sequence[dt.date]) -> "LoadSummary":
+        return cls({day.isoformat(): DayLoad() for day in days})
+
+    @classmethod
+    def from_json(cls, data: dict[str, dict[str, Any]]) -> "LoadSummary":
+        return cls({day: DayLoad(**load) for day, load in data.items()})
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(d.rows_loaded for d in self.days.values())
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(d.rows_rejected for d in self.days.values())
+
+    def metadata(self, day: dt.date | str) -> dict[str, Any]:
+        return self.days[str(day)].metadata()
+
+
 class Warehouse(ConfigurableResource):
     """An engine: where raw/orders is ingested and where dbt builds the marts."""
+
+    max_rejected_share: float = Field(
+        default=0.5,
+        description="SHOPFLOW_MAX_REJECTED_SHARE: a file of at least 1,000 data lines with a larger "
+        "share of rejected lines is refused.",
+    )
 
     @property
     def engine(self) -> str:

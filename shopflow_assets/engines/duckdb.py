@@ -68,6 +68,7 @@ class DuckDBWarehouse(Warehouse):
                 run_id=context.run_id,
                 loaded_at=dt.datetime.now(dt.timezone.utc),
                 progress=context.log.info,
+                max_rejected_share=self.max_rejected_share,
             )
 
     def dbt_env(self) -> dict[str, str]:

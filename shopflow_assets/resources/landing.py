@@ -1,9 +1,9 @@
-"""The export landing zone: `<root>/orders/dt=YYYY-MM-DD/*.csv[.gz]`, with `_SUCCESS` written last."""
+"""The export landing zone: `<root>/orders/dt=YYYY-MM-DD/*.csv[.gz]`, with `_SUCCESS` written last.
+What counts as a day and as an export file is shopflow_assets/landing_rules.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,25 +12,61 @@ from typing import Iterator
 from dagster import ConfigurableResource
 from pydantic import Field
 
-SUCCESS_MARKER = "_SUCCESS"
-EXPORT_SUFFIXES = (".csv", ".csv.gz")
+from shopflow_assets.export_contract import BadExportError
+from shopflow_assets.landing_rules import (
+    ORDERS_FOLDER,
+    SUCCESS_MARKER,
+    DayFolder,
+    ExportFile,
+    day_folder,
+    day_of_folder,
+    scan_day,
+    shown_name,
+)
+
+__all__ = ["DayExport", "ExportFile", "ExportNotReady", "LandingZone", "LandingZoneMissing", "SUCCESS_MARKER"]
 
 
 class ExportNotReady(Exception):
-    """The day's export has not finished landing (no `_SUCCESS` yet): try again later."""
+    """The day's export has not finished landing (no `_SUCCESS` yet, or a re-export is being
+    written): try again later."""
 
 
 class LandingZoneMissing(Exception):
     """SHOPFLOW_LANDING_DIR points nowhere: a setting to fix, not a fault to retry."""
 
 
+class LandingRuleError(BadExportError):
+    """The day's folder holds what the landing-zone rules refuse: permanent until it is fixed."""
+
+
 @dataclass(frozen=True)
 class DayExport:
-    """A finished export of one day: its files, sorted by name."""
+    """A finished export of one day: its files, sorted by name, and the fingerprint they had."""
 
     day: dt.date
     directory: Path
-    files: tuple[Path, ...]
+    files: tuple[ExportFile, ...]
+    fingerprint: str
+    landing_root: str
+
+    @property
+    def folder(self) -> str:
+        return self.directory.name
+
+    def changed(self) -> bool:
+        """Whether the day's folder now holds another export than the one listed (a re-export
+        landed, or is being written): what was read from it must not be published."""
+        return scan_day(self.landing_root, str(self.directory)).fingerprint != self.fingerprint
+
+
+@dataclass(frozen=True)
+class FolderUnderOrders:
+    """An entry of `orders/`: a day's folder, or something that is not a day (`day` None)."""
+
+    name: str
+    day: dt.date | None
+    folder: DayFolder | None = None
 
 
 class LandingZone(ConfigurableResource):
@@ -40,64 +76,64 @@ class LandingZone(ConfigurableResource):
 
     @property
     def orders_dir(self) -> Path:
-        return Path(self.root) / "orders"
+        return Path(self.root) / ORDERS_FOLDER
 
     def day_dir(self, day: dt.date) -> Path:
-        return self.orders_dir / f"dt={day.isoformat()}"
+        return self.orders_dir / day_folder(day)
 
-    def finished_export_fingerprints(self) -> Iterator[tuple[str, str]]:
-        """(day, fingerprint) of every finished export: one directory listing per day, no reads."""
+    def scan_orders(self) -> Iterator[FolderUnderOrders]:
+        """Every entry of `orders/`, by name: each day folder looked at once (metadata only)."""
         try:
-            days = [e for e in os.scandir(self.orders_dir) if e.name.startswith("dt=") and e.is_dir()]
-        except FileNotFoundError:
+            entries = sorted(os.scandir(self.orders_dir), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for day_dir in sorted(days, key=lambda e: e.name):
-            fingerprint = export_fingerprint(day_dir.path)
-            if fingerprint is not None:
-                yield day_dir.name[len("dt=") :], fingerprint
+        for entry in entries:
+            day = day_of_folder(entry.name)
+            if day is None or not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+                yield FolderUnderOrders(shown_name(entry.name), None)
+                continue
+            folder = scan_day(self.root, entry.path)
+            if folder.missing:  # a link to nothing or to a file, or removed meanwhile
+                if entry.is_symlink():
+                    yield FolderUnderOrders(shown_name(entry.name), None)
+                continue
+            yield FolderUnderOrders(entry.name, day, folder)
 
     def export_fingerprint(self, day: dt.date) -> str | None:
         """The fingerprint of `day`'s finished export; None while it is not finished."""
-        return export_fingerprint(self.day_dir(day))
+        return scan_day(self.root, str(self.day_dir(day))).fingerprint
 
     def finished_export(self, day: dt.date) -> DayExport:
-        """The files of `day`'s export, or ExportNotReady while it is still being written."""
+        """The files of `day`'s export. ExportNotReady while it is still being written;
+        LandingRuleError (permanent) when its folder holds what the rules refuse."""
         if not Path(self.root).is_dir():
             raise LandingZoneMissing(
                 f"The landing zone {self.root} does not exist: point SHOPFLOW_LANDING_DIR at the "
                 "export landing zone (or create it)."
             )
         directory = self.day_dir(day)
-        if not (directory / SUCCESS_MARKER).is_file():
+        folder = scan_day(self.root, str(directory))
+        if folder.problems and folder.marker:
+            raise LandingRuleError(
+                f"The export of {day} breaks the landing-zone rules: {'; '.join(folder.problems)}. "
+                f"Nothing of {day} was changed. Fix the folder {directory} (or re-export the day)."
+            )
+        if not folder.marker:
             raise ExportNotReady(
                 f"The export of {day} has not finished: {directory / SUCCESS_MARKER} is missing. "
                 "It is ingested once the order system writes it."
             )
-        files = tuple(
-            sorted(
-                (p for p in directory.iterdir() if is_export_file(p.name) and p.is_file()),
-                key=lambda p: p.name,
+        if folder.newer_than_marker:
+            names = ", ".join(shown_name(n) for n in folder.newer_than_marker[:5])
+            raise ExportNotReady(
+                f"The export of {day} is being rewritten: {names} is newer than its {SUCCESS_MARKER}. "
+                f"Nothing of {day} was changed; the new export is ingested once its {SUCCESS_MARKER} "
+                "is written again."
             )
+        return DayExport(
+            day=day,
+            directory=directory,
+            files=folder.files,
+            fingerprint=folder.fingerprint or "",
+            landing_root=self.root,
         )
-        return DayExport(day=day, directory=directory, files=files)
-
-
-def is_export_file(name: str) -> bool:
-    return name.endswith(EXPORT_SUFFIXES) and not name.startswith((".", "_"))
-
-
-def export_fingerprint(directory: str | os.PathLike) -> str | None:
-    """What identifies one finished export of a day: each export file's name, size and mtime and
-    the `_SUCCESS` marker's mtime, so a re-export (new or changed files, a new `_SUCCESS`) changes
-    it. None while the export is still being written (no `_SUCCESS`) or the folder is gone."""
-    try:
-        entries = {e.name: e.stat() for e in os.scandir(directory) if e.is_file()}
-    except (FileNotFoundError, NotADirectoryError):  # removed while scanning
-        return None
-    marker = entries.get(SUCCESS_MARKER)
-    if marker is None:
-        return None
-    digest = hashlib.sha256(f"{SUCCESS_MARKER}:{marker.st_mtime_ns}".encode())
-    for name in sorted(n for n in entries if is_export_file(n)):
-        digest.update(f"|{name}:{entries[name].st_size}:{entries[name].st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
