@@ -8,6 +8,10 @@ saying so.
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -213,6 +217,27 @@ def rejected_share_error(display: str, rejected: int, rows: int, max_share: floa
 def display_name(day_dir: str, name: str) -> str:
     """How errors name a file: its day folder and name, e.g. dt=2024-03-01/part-7.csv."""
     return f"{day_dir}/{shown_name(name)}"
+
+
+HEADER_BYTES = 1024 * 1024  # a first line longer than this is not a header
+
+
+def read_header(path: str, is_gzip: bool, display: str) -> list[str]:
+    """The column names in a file's first line, as written (a byte-order mark and CR removed).
+    Only that line is read: an engine's CSV sniffer would read on through a file of junk."""
+    try:
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
+            first = stream.readline(HEADER_BYTES)
+    except (OSError, EOFError, zlib.error) as error:
+        raise BadExportError(f"{display}: the file is corrupt: {error}. Re-export the file, then re-run the day.") from None
+    try:
+        text = first.decode("utf-8").lstrip("\ufeff").rstrip("\n").rstrip("\r")
+    except UnicodeDecodeError as error:
+        raise BadExportError(f"{display}: cannot read the CSV header: {error}") from None
+    if not text.strip():
+        return []
+    return next(csv.reader(io.StringIO(text)))
 
 
 def header_key(name: str) -> str:

@@ -44,17 +44,20 @@ from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the c
     ExportChangedError,
     MissingColumnsError,
     display_name,
+    read_header,
     rejected_share_error,
     required_positions,
 )
 
-# read_csv caps a line at 2 MB by default; a long free-text field must not fail the day.
+# read_csv caps a line at 2 MB by default; a long free-text field must not fail the day. Its buffers
+# must hold a whole line, and no more than that: a .csv.gz is read into whole buffers, two at a
+# time, whatever its size, and they count against SHOPFLOW_DUCKDB_MEMORY_LIMIT.
 MAX_LINE_BYTES = 32 * 1024 * 1024
 # The dialect is fixed by the contract; only the header is read from the file. Compression follows
 # the file's name in any case (.CSV.GZ too), not DuckDB's guess from the path.
 CSV_OPTIONS = (
     "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
-    f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {4 * MAX_LINE_BYTES}, "
+    f"max_line_size = {MAX_LINE_BYTES}, buffer_size = {MAX_LINE_BYTES + (1 << 20)}, "
     "encoding = 'utf-8', compression = $compression, hive_partitioning = false"
 )
 # Unparseable lines are only collected (in DuckDB's rejects tables, which its memory limit does not
@@ -163,46 +166,30 @@ def _bad_file(display: str, error: duckdb.Error) -> BadExportError:
     )
 
 
-def _header(con: duckdb.DuckDBPyConnection, f: ExportFile) -> tuple[list[str], list[str]]:
-    """The file's column names as DuckDB reads them (duplicates renamed, e.g. `note_1`) and as
-    they are written in the file, in the same order."""
-    params = {"path": literal_pattern(f.path), "compression": _compression(f)}
+def _header(con: duckdb.DuckDBPyConnection, f: ExportFile, display: str) -> list[str]:
+    """The file's column names as written. The read's columns are then named by position (c0,
+    c1, ...), whatever the header says."""
     # The pattern must name exactly this file: a name is a name, never a pattern.
-    found = [r[0] for r in con.execute("SELECT file FROM glob($path)", {"path": params["path"]}).fetchall()]
+    found = [r[0] for r in con.execute("SELECT file FROM glob($path)", {"path": literal_pattern(f.path)}).fetchall()]
     if found != [f.path]:
         raise RuntimeError(f"the file {f.path!r} was not found as itself (found {len(found)}): retried")
-    # ignore_errors: a malformed data row must not stop the sniffer from reading the header.
-    names = [
-        r[0]
-        for r in con.execute(
-            f"DESCRIBE SELECT * FROM read_csv($path, {CSV_OPTIONS}, ignore_errors = true)", params
-        ).fetchall()
-    ]
-    written = con.execute(
-        f"SELECT * FROM read_csv($path, {CSV_OPTIONS.replace('header = true', 'header = false')}, "
-        "ignore_errors = true) LIMIT 1",
-        params,
-    ).fetchall()
-    if not written:
-        return names, []  # an empty file: DuckDB still names one column, `column0`
-    as_written = [str(v or "") for v in written[0]]
-    return names, as_written if len(as_written) == len(names) else names
+    return read_header(f.path, f.gzip, display)
 
 
 def check_headers(
     con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Every file's header and column mapping (by path); all problems in one error before
-    anything is read."""
+    """Every file's columns (named by position) and which holds each required column, by path;
+    all problems in one error before anything is read."""
     headers: dict[str, tuple[list[str], dict[str, str]]] = {}
     problems: list[str] = []
     for export in exports:
         for f in export.files:
             display = display_name(export.folder, f.name)
             try:
-                with _Reader(display):
-                    names, written = _header(con, f)
+                written = _header(con, f, display)
                 positions = required_positions(str(export.day), display, written)
+                names = [f"c{i}" for i in range(len(written))]
                 headers[f.path] = (names, {c: names[p] for c, p in positions.items()})
             except BadExportError as e:
                 problems.append(str(e))
@@ -247,8 +234,7 @@ def _stage_files(
     extra = [h for h in header if h not in set(columns.values())]
     compression = _compression(files[0])
     stage = {"day": day, "compression": compression, "columns": {name: "VARCHAR" for name in header}}
-    # A column of the file named like the reader's virtual column would hide it.
-    if len(files) > 1 and not any(h.lower() == "file_index" for h in header):
+    if len(files) > 1:
         try:
             paths = [literal_pattern(f.path) for f in files]
             con.execute(_stage_sql(columns, extra, several=True), {**stage, "file_idx": first_idx, "path": paths})

@@ -162,15 +162,19 @@ def shopflow_dbt_models(
         prune_invocation_targets(runs_dir)
     stats = built_stats(warehouse, days)
     outputs = [e for e in events if isinstance(e, Output)]
+    # Each day's own numbers on its own materialization (a range is one run: see the README).
+    for event in outputs:
+        for day, metadata in stats.get(event.output_name, {}).items():
+            key = context.asset_key_for_output(event.output_name)
+            context.add_asset_metadata(metadata, asset_key=key, partition_key=day)
     # the materializations first, then the dbt tests' check results: the tables are built and the
     # dashboard's READY can go out without waiting for some thirty check events to be written
-    for event in outputs:
-        yield event.with_metadata({**event.metadata, **stats.get(event.output_name, {})})
+    yield from outputs
     yield from (e for e in events if not isinstance(e, Output))
 
 
-def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, Any]]:
-    """Row counts and net revenue of the window just built, per day, as materialization metadata."""
+def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per model and day of the window just built, its rows and net revenue, as metadata."""
     window = [days[0], days[-1]]
     with warehouse.read() as con:
         facts = con.execute(
@@ -178,21 +182,21 @@ def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, Any]]:
             "WHERE dt BETWEEN ? AND ? GROUP BY dt",
             window,
         ).fetchall()
-        (rollup_rows,) = con.execute(
-            "SELECT count(*) FROM analytics.daily_revenue WHERE dt BETWEEN ? AND ?", window
-        ).fetchall()[0]
-    rows_by_day = {str(d): 0 for d in days} | {str(d): n for d, n, _ in facts}
-    net_by_day = {str(d): "0.00" for d in days} | {str(d): f"{net:.2f}" for d, _, net in facts}
-    net_total = sum((net for _, _, net in facts), Decimal("0"))
-    return {
-        "fact_sales": {
-            "dagster/row_count": sum(rows_by_day.values()),
-            "net_revenue": float(net_total),
-            "rows_by_day": MetadataValue.json(rows_by_day),
-            "net_revenue_by_day": MetadataValue.json(net_by_day),
-        },
-        "daily_revenue": {"dagster/row_count": rollup_rows, "net_revenue": float(net_total)},
-    }
+        rollups = con.execute(
+            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.daily_revenue "
+            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            window,
+        ).fetchall()
+    empty = {str(d): (0, Decimal("0")) for d in days}
+
+    def per_day(rows) -> dict[str, dict[str, Any]]:
+        found = empty | {str(d): (n, net) for d, n, net in rows}
+        return {
+            day: {"dagster/row_count": n, "net_revenue": MetadataValue.float(float(net))}
+            for day, (n, net) in found.items()
+        }
+
+    return {"fact_sales": per_day(facts), "daily_revenue": per_day(rollups)}
 
 
 def classify_dbt_failure(error: Exception, invocation, days: list) -> Exception:

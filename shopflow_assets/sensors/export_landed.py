@@ -49,6 +49,10 @@ IN_PROGRESS = [
 REMEMBERED_NAMES = 200  # names warned about, kept in the cursor so that each is warned about once
 
 
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def is_partition(day: str, now: dt.datetime) -> bool:
     """A key of the daily partitions: from the start date to the last complete UTC day."""
     try:
@@ -90,7 +94,7 @@ def _warn_once(context: SensorEvaluationContext, cursor: dict, key: str, message
 def export_landed_sensor(context: SensorEvaluationContext, landing: LandingZone):
     cursor = load_cursor(context.cursor)
     requested: dict[str, str] = cursor["requested"]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = utc_now()
     requests, waiting = [], []
     for entry in landing.scan_orders():
         if entry.day is None:
