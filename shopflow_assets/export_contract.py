@@ -145,6 +145,27 @@ class SqlDialect:
         broken = " OR ".join(f"({condition})" for conds in conditions for condition in conds)
         return f"CASE WHEN {broken} THEN {reasons} ELSE '' END"
 
+    def reason_bits(self) -> str:
+        """The broken rules of a row as an integer, one bit per check (0 for a valid row): what
+        `reason_text` spells out. Cheaper to keep for millions of rows than their text."""
+        conditions = [
+            [condition.format(utc_date=self.utc_date("t_ordered_at")) for condition, _ in checks] for checks in RULES
+        ]
+        bits, first = [], 0
+        for conds in conditions:
+            whens = " ".join(f"WHEN {c} THEN {1 << (first + i)}" for i, c in enumerate(conds))
+            bits.append(f"CASE {whens} ELSE 0 END")
+            first += len(conds)
+        broken = " OR ".join(f"({condition})" for conds in conditions for condition in conds)
+        return f"CASE WHEN {broken} THEN {' + '.join(bits)} ELSE 0 END"
+
+    @staticmethod
+    def reason_text(bits: str) -> str:
+        """The text of `reason_bits`: every broken rule, '; '-separated, in the order of RULES."""
+        checks = [reason for rule in RULES for _, reason in rule]
+        cases = ", ".join(f"CASE WHEN ({bits} & {1 << i}) <> 0 THEN '{reason}' END" for i, reason in enumerate(checks))
+        return f"concat_ws('; ', {cases})"
+
 
 DUCKDB = SqlDialect(
     name="duckdb",

@@ -303,7 +303,7 @@ def _is_corrupt_file(error: duckdb.IOException) -> bool:
 # Where the whole row matches at once, no column is matched on its own (export_contract.py).
 _TYPED_COLUMNS = ",\n               ".join(DUCKDB.typed_columns(matched="_matched"))
 _TYPED_MATCH = DUCKDB.typed_row_match()
-_REASON = DUCKDB.reason(guarded=True)
+_REASON_BITS = DUCKDB.reason_bits()
 # A row that broke no rule has no newline in its typed columns (each matched its pattern, spaces
 # aside) nor in its status (one of the statuses): only its text columns can hold one.
 _CLEAN_ROW_TEXT = [c for c in REQUIRED_COLUMNS if c not in TYPED_COLUMNS and c != "status"]
@@ -325,12 +325,12 @@ def _stage_sql(columns: dict[str, str], extra: Sequence[str], several: bool = Fa
     return f"""
 INSERT INTO _shopflow_stage
 SELECT {"$file_idx + _file" if several else "$file_idx"},
-       CASE WHEN reason = '' THEN {_newlines([*_CLEAN_ROW_TEXT, *others])}
+       CASE WHEN reason_bits = 0 THEN {_newlines([*_CLEAN_ROW_TEXT, *others])}
             ELSE {_newlines([*REQUIRED_COLUMNS, *others])} END,
        {", ".join(f"t_{c}" if c != "status" else "status" for c in REQUIRED_COLUMNS)},
-       reason, CASE WHEN reason <> '' THEN [{", ".join(REQUIRED_COLUMNS)}] END
+       reason_bits, CASE WHEN reason_bits <> 0 THEN [{", ".join(REQUIRED_COLUMNS)}] END
 FROM (
-    SELECT *, {_REASON} AS reason
+    SELECT *, {_REASON_BITS} AS reason_bits
     FROM (
         SELECT *, CAST($day AS DATE) AS dt,
                {_TYPED_COLUMNS}
@@ -355,7 +355,7 @@ CREATE OR REPLACE TEMP TABLE _shopflow_stage (
     file_idx INTEGER, _newlines BIGINT,
     order_id VARCHAR, line_number INTEGER, customer_id VARCHAR, product_id VARCHAR, quantity INTEGER,
     unit_price DECIMAL(18, 2), discount DECIMAL(18, 2), status VARCHAR, ordered_at TIMESTAMPTZ,
-    updated_at TIMESTAMPTZ, reason VARCHAR,
+    updated_at TIMESTAMPTZ, reason_bits INTEGER,  -- the broken rules (export_contract.reason_bits)
     _text VARCHAR[]  -- a broken row's fields as text, in the order of REQUIRED_COLUMNS (one list
                      -- costs less to stage than ten columns, NULL in all but a few rows)
 );
@@ -447,16 +447,16 @@ SELECT f.dt, s.order_id, s.line_number, s.customer_id, s.product_id, s.quantity,
 FROM _shopflow_stage s
 JOIN _shopflow_files f USING (file_idx)
 {_LINE_JOIN}
-WHERE s.reason = ''
+WHERE s.reason_bits = 0
 """,
     f"""
 INSERT INTO raw.orders_rejected
-SELECT f.dt, f.name, {_LINE}, s.reason, {", ".join(f"s._text[{i}]" for i in range(1, len(REQUIRED_COLUMNS) + 1))}, NULL,
+SELECT f.dt, f.name, {_LINE}, {DUCKDB.reason_text("s.reason_bits")}, {", ".join(f"s._text[{i}]" for i in range(1, len(REQUIRED_COLUMNS) + 1))}, NULL,
        $loaded_at, $run_id
 FROM _shopflow_stage s
 JOIN _shopflow_files f USING (file_idx)
 {_LINE_JOIN}
-WHERE s.reason <> ''
+WHERE s.reason_bits <> 0
 UNION ALL
 SELECT f.dt, f.name, l.line, r.reason, {", ".join("NULL" for _ in REQUIRED_COLUMNS)}, r.raw_line, $loaded_at, $run_id
 FROM _shopflow_parse_rejects r
@@ -481,6 +481,13 @@ def load_days(
     ExportChangedError (nothing changed) when a day's files changed while they were read;
     IngestCancelled when interrupted; OutOfMemory or duckdb.IOException on a transient fault.
     """
+    try:
+        return _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share)
+    except duckdb.Error as error:  # what reading a file did not already say
+        raise engine_error(error, "ingesting") or error from None
+
+
+def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) -> LoadSummary:
     headers = check_headers(con, exports)
     ensure_raw_tables(con)
 
@@ -582,7 +589,7 @@ LEFT JOIN (SELECT file_idx, sum(lines) AS lines, sum(blank) AS blank FROM _shopf
     USING (file_idx)
 LEFT JOIN (
     SELECT file_idx,
-           count(*) FILTER (WHERE reason = '') + coalesce(sum(_newlines) FILTER (WHERE reason = ''), 0) AS valid_lines,
+           count(*) FILTER (WHERE reason_bits = 0) + coalesce(sum(_newlines) FILTER (WHERE reason_bits = 0), 0) AS valid_lines,
            count(*) + coalesce(sum(_newlines), 0) AS parsed_lines
     FROM _shopflow_stage GROUP BY ALL
 ) s USING (file_idx)

@@ -442,12 +442,18 @@ def test_an_interrupted_read_is_a_cancellation_not_a_bad_file(landing, tmp_path)
     landing.export(DAY, {f"{n}.csv": csv_text(rows) for n in range(4)})
     export = LandingZone(root=str(landing.root)).finished_export(day_of(DAY))
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    timer = threading.Timer(1.0, con.interrupt)
-    timer.start()
+    stop = threading.Event()
+
+    def interrupt_until_stopped() -> None:  # an interrupt lands only inside a running statement
+        while not stop.wait(0.05):
+            con.interrupt()
+
+    interrupter = threading.Thread(target=interrupt_until_stopped, daemon=True)
+    interrupter.start()
     try:
         with pytest.raises(IngestCancelled, match="cancelled"):
-            for _ in range(20):  # until the interrupt lands inside a statement
-                load_days(con, [export], "run-1", dt.datetime.now(dt.timezone.utc))
+            load_days(con, [export], "run-1", dt.datetime.now(dt.timezone.utc))
     finally:
-        timer.cancel()
+        stop.set()
+        interrupter.join()
         con.close()
