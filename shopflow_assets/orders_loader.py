@@ -18,6 +18,7 @@ A file is read by its exact path (a name is never a pattern) with the compressio
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import gzip
 import os
@@ -517,10 +518,14 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
                     [len(files), export.day, f.path, f.name],
                 )
             displays = [display_name(export.folder, f.name) for f in group]
-            _stage_files(con, first, export.day, group, displays, header, dict(columns))
+            # the byte count runs beside DuckDB's read (which leaves Python's lock free)
+            with concurrent.futures.ThreadPoolExecutor(1) as counter:
+                counts = counter.map(count_lines, group, displays)
+                _stage_files(con, first, export.day, group, displays, header, dict(columns))
+                counted = list(counts)
             con.executemany(
                 "INSERT INTO _shopflow_line_counts VALUES (?, ?, ?)",
-                [[first + n, *count_lines(f, d)] for n, (f, d) in enumerate(zip(group, displays))],
+                [[first + n, *count] for n, count in enumerate(counted)],
             )
         if progress and len(exports) > 1:
             (rows,) = con.execute(
