@@ -167,7 +167,17 @@ def export_files(days: list[dict[str, Any]]) -> list[ExportFile]:
 
 
 def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
-    """Replace exactly the requested days of raw.orders and raw.orders_rejected; each day's counts."""
+    """Replace exactly the requested days of raw.orders and raw.orders_rejected; each day's counts.
+    A file found bad in an export that changed while it was read may be a mix of two exports: that
+    is said as ExportChangedError (read it again), not as a bad export."""
+    try:
+        return ingest_days(extras, log)
+    except BadExportError:
+        check_unchanged(extras["days"])
+        raise
+
+
+def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     warehouse = extras["warehouse"].rstrip("/")
     run_id = extras["run_id"]
     loaded_at = dt.datetime.fromisoformat(extras["loaded_at"])
