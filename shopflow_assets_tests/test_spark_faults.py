@@ -12,6 +12,7 @@ cores whatever its size, so each test runs as few ingests as its fault needs.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -170,9 +171,9 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def staged_parquet(warehouse: Path, ignore: str = "dead-run") -> list[str]:
+def staged_parquet(warehouse: Path, ignore: str = "") -> list[str]:
     """Parquet files (finished or being written) in the staging folders of runs, but `ignore`'s.
-    os.walk, not Path.glob: the ingest removes staging folders (dead-run's among them) while this
+    os.walk, not Path.glob: the ingest removes staging folders (a dead run's among them) while this
     looks, and glob raises on a folder that vanishes under it where os.walk passes over it."""
     found = []
     try:
@@ -251,14 +252,41 @@ def in_background(fn: Callable[[], object]) -> concurrent.futures.Future:
 def test_a_driver_killed_mid_write_leaves_the_published_day_as_it_was_and_the_retry_loads_it_once(
     spark_cluster, landing, tmp_path
 ):
+    with contextlib.ExitStack() as stack:
+        killed_mid_write(stack, spark_cluster, landing, tmp_path)
+
+
+def failed_run(instance: DagsterInstance, landing, tmp_path: Path) -> str:
+    """The id of a real run of raw/orders in `instance` that failed (a day whose file lacks a
+    required column: it fails before Spark starts)."""
+    day = "2024-02-01"
+    landing.export(day, {"bad.csv": csv_text([line("B1", day=day)], columns=["order_id"])})
+    result = materialize(
+        [raw_orders],
+        partition_key=day,
+        resources={
+            "landing": LandingZone(root=str(landing.root)),
+            "warehouse": SparkWarehouse(master="spark://127.0.0.1:1", warehouse_dir=str(tmp_path / "unused")),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success and instance.get_run_by_id(result.run_id).status == DagsterRunStatus.FAILURE
+    return result.run_id
+
+
+def killed_mid_write(stack, spark_cluster, landing, tmp_path) -> None:
     warehouse = tmp_path / "spark-warehouse"
     publish_earlier(warehouse, D, 1_000, "earlier-run-d")
     publish_earlier(warehouse, OTHER, 500, "earlier-run-other")
     before = published(warehouse)
     # An earlier run of OTHER died between the two renames of its publish: OTHER's orders moved
     # aside into that run's staging folder, the new ones staged but not moved in. Readers see no
-    # OTHER orders until the next ingest, of any day, puts the old ones back.
-    dead = warehouse / "_staging" / "dead-run"
+    # OTHER orders until the next ingest, of any day, puts the old ones back: an ingest cleans up
+    # after runs that Dagster reports finished (this one failed, in the same instance).
+    instance = stack.enter_context(DagsterInstance.ephemeral())
+    dead_run = failed_run(instance, landing, tmp_path)
+    dead = warehouse / "_staging" / dead_run
     (dead / "replaced" / "orders").mkdir(parents=True)
     (warehouse / "raw.db" / "orders" / f"dt={OTHER}").rename(dead / "replaced" / "orders" / f"dt={OTHER}")
     (dead / "orders" / f"dt={OTHER}").mkdir(parents=True)
@@ -269,16 +297,17 @@ def test_a_driver_killed_mid_write_leaves_the_published_day_as_it_was_and_the_re
     lines = 12_000
     write_day(landing.root, day_of(D), lines)
     landing.write(D, "rejects.csv", csv_text(BAD_ROWS))
+    landing.finish(D)  # _SUCCESS last: a file newer than it is a re-export being written
 
     def kill_the_driver_once_it_writes():
-        staged = wait_until(lambda: staged_parquet(warehouse), "the ingest to write staged Parquet")
+        staged = wait_until(lambda: staged_parquet(warehouse, dead_run), "the ingest to write staged Parquet")
         drivers = ingest_drivers(os.getpid())
         assert sorted(drivers.values()) == ["jvm", "python"], drivers
         for pid in sorted(drivers, key=lambda p: drivers[p] != "python"):  # the Python driver, then the JVM
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not any(alive(pid) for pid in drivers), "the killed driver to be gone", timeout=30)
         after = published(warehouse)
-        still_staged = staged_parquet(warehouse)
+        still_staged = staged_parquet(warehouse, dead_run)
         # the retry has not started cleaning up yet (its first act once its SparkSession is up):
         # `after` is what the killed attempt left
         assert still_staged, "the retry removed the staging folder before the snapshot"
@@ -286,7 +315,7 @@ def test_a_driver_killed_mid_write_leaves_the_published_day_as_it_was_and_the_re
 
     killer = in_background(kill_the_driver_once_it_writes)
     started = time.monotonic()
-    result = ingest(landing, spark_warehouse(spark_cluster, warehouse))
+    result = ingest(landing, spark_warehouse(spark_cluster, warehouse), instance)
     staged, after_kill = killer.result(timeout=60)
     print(f"\nkilled while staging held {len(staged)} Parquet file(s), e.g. {staged[0]}; run {time.monotonic() - started:.0f} s")
 
@@ -519,6 +548,7 @@ def test_a_master_back_between_attempts_and_a_lost_worker_are_retried_and_the_da
     lines = 8_000
     write_day(landing.root, day_of(D), lines)
     landing.write(D, "rejects.csv", csv_text(BAD_ROWS))
+    landing.finish(D)  # _SUCCESS last: a file newer than it is a re-export being written
     warehouse = tmp_path / "spark-warehouse"
     timeout = 8  # the job gives up after this long without an executor
     master = LateMaster(spark_cluster)  # closed until the first attempt has failed

@@ -10,30 +10,45 @@ same table the DuckDB ingest renders, so the two engines cannot drift apart.
 The flow for a set of days:
 1. check every file's header on the driver (a missing or doubled required column fails before
    anything is written);
-2. read each file as lines with their physical line numbers (one partition per file, so the row's
+2. take each day's publish lease (a later ingest of the day fences this one out), and clean up
+   this run's own leftovers and those of the runs the engine says Dagster reports finished;
+3. read each file as lines with their physical line numbers (one partition per file, so the row's
    index in its partition is its line), joining the lines of records that hold quoted newlines;
-3. split each record into fields, keeping malformed ones (too few or too many fields, invalid
+4. split each record into fields, keeping malformed ones (too few or too many fields, invalid
    UTF-8) with their reason, then check every rule in one pass;
-4. write valid and rejected rows into a staging folder of this run;
-5. publish: per day and table, move the old partition folder aside and the staged one in (a day
-   whose rebuild is empty ends empty); then delete what was moved aside.
+5. count per file and rule; refuse a file whose share of rejected lines is above
+   SHOPFLOW_MAX_REJECTED_SHARE; write valid and rejected rows into a staging folder of this run;
+6. if every day's folder still holds the export that was listed, every day with rows has its
+   staged rows, and every day's lease is still this ingest's: publish, per day and table, by moving
+   the old partition folder aside and the staged one in (a day whose rebuild is empty ends empty);
+   then delete what was moved aside.
+
+A file is read by its exact path (a name is never a pattern), with the compression its name says.
 
 Under Pipes the job always ends with a custom message {"verdict": ...}: "loaded", "bad_export"
-(permanent: fix the file) or "failed" (transient: retried). It then exits 0, so the orchestrator
-can read the verdict (a non-zero exit means the job died before it could say why).
+(permanent: fix the file), "export_changed" (a day's export changed while it was read: nothing was
+published; read it again), "superseded" (a later ingest of a day took its lease: not retried) or
+"failed" (transient: retried). It then exits 0, so the orchestrator can read the verdict (a
+non-zero exit means the job died before it could say why).
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as dt
 import gzip
 import io
+import os
+import re
+import signal
+import stat
 import threading
 import time
 import traceback
+import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
@@ -47,11 +62,16 @@ from shopflow_assets.export_contract import (
     REQUIRED_COLUMNS,
     SPARK,
     BadExportError,
+    ExportChangedError,
     display_name,
+    rejected_share_error,
     required_positions,
 )
+from shopflow_assets.landing_rules import scan_day
 
 RAW_DB = "raw.db"
+STAGING = "_staging"
+LEASES = "_leases"  # <warehouse>/_leases/dt=D/<token>.<owner>: who may publish day D
 SPLIT_FILE_LINE = 1 << 33  # monotonically_increasing_id() of the first row of a second partition
 TABLES = ("orders", "orders_rejected")
 HEADER_BYTES = 1024 * 1024  # a header line longer than this is not a header
@@ -67,22 +87,48 @@ STAYS_INSIDE = (
 )
 # Quoted fields at the start of a field; removed before counting the delimiters of a record.
 LEADING_QUOTED_FIELD = f'(?:^|(?<=,)){QUOTED_FIELD}'
+# The suffixes by which Hadoop picks a decompressor (case-sensitive), whatever the name says.
+HADOOP_CODEC_SUFFIXES = (".gz", ".bz2", ".deflate", ".snappy", ".lz4", ".zst", ".lzo", ".br")
+# How a file read in Python on an executor names itself in a task's error (see python_file_lines).
+CORRUPT_FILE_MARK = "shopflow-unreadable-file-"
 
 
 @dataclass(frozen=True)
 class ExportFile:
     idx: int
     day: str
-    path: str
-    name: str
+    folder: str  # dt=YYYY-MM-DD
+    name: str  # the file's name in the day folder: _source_file and messages
+    path: str  # what is read: the file, or the file a link inside the landing zone points to
+    gzip: bool  # from the name, in any case
+    size: int
 
     @property
     def display(self) -> str:
-        return display_name(f"dt={self.day}", self.name)
+        return display_name(self.folder, self.name)
+
+
+@dataclass
+class FileCount:
+    """One file's records as checked: lines of records (a quoted newline makes a record of several
+    lines), lines of rejected records, valid rows, and rejected rows per reason."""
+
+    lines: int = 0
+    rejected_lines: int = 0
+    valid: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 class LostExecutors(RuntimeError):
     """The application has had no executor for too long (a worker died): transient."""
+
+
+class Superseded(RuntimeError):
+    """A later ingest of a day took the day's publish lease: this one must not publish it."""
+
+
+class StagedRowsMissing(RuntimeError):
+    """A day that has rows has no staged rows at publish: never published as an empty day."""
 
 
 def main() -> None:
@@ -94,67 +140,160 @@ def main() -> None:
             pipes.log.error(str(error))
             pipes.report_custom_message({"verdict": "bad_export", "error": str(error)})
             return
+        except ExportChangedError as error:
+            pipes.log.warning(str(error))
+            pipes.report_custom_message({"verdict": "export_changed", "error": str(error)})
+            return
+        except Superseded as error:
+            pipes.log.error(str(error))
+            pipes.report_custom_message({"verdict": "superseded", "error": str(error)})
+            return
         except Exception as error:  # anything else is worth another attempt (lost worker, I/O)
             pipes.log.error(traceback.format_exc())
             pipes.report_custom_message({"verdict": "failed", "error": first_line(error)})
             return
-        # The run worker turns the summary into raw/orders' metadata, as it does for DuckDB's ingest.
+        # The run worker turns each day's summary into its raw/orders metadata, as for DuckDB's ingest.
         pipes.report_custom_message({"verdict": "loaded", "summary": summary})
 
 
+def export_files(days: list[dict[str, Any]]) -> list[ExportFile]:
+    idx = 0
+    files = []
+    for d in days:
+        for f in d["files"]:
+            idx += 1
+            files.append(ExportFile(idx, d["day"], d["folder"], f["name"], f["path"], bool(f["gzip"]), int(f["size"])))
+    return files
+
+
 def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
-    """Replace exactly the requested days of raw.orders and raw.orders_rejected; their counts."""
+    """Replace exactly the requested days of raw.orders and raw.orders_rejected; each day's counts.
+    A file found bad in an export that changed while it was read may be a mix of two exports: that
+    is said as ExportChangedError (read it again), not as a bad export."""
+    try:
+        return ingest_days(extras, log)
+    except BadExportError:
+        check_unchanged(extras["days"])
+        raise
+
+
+def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     warehouse = extras["warehouse"].rstrip("/")
     run_id = extras["run_id"]
     loaded_at = dt.datetime.fromisoformat(extras["loaded_at"])
-    days = [d["day"] for d in extras["days"]]
-    files = [
-        ExportFile(idx, d["day"], path, path.rsplit("/", 1)[-1])
-        for idx, (d, path) in enumerate(((d, p) for d in extras["days"] for p in d["files"]), start=1)
-    ]
+    max_share = float(extras.get("max_rejected_share", 0.5))
+    exports = extras["days"]
+    days = [d["day"] for d in exports]
+    files = export_files(exports)
     headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
 
+    die_with_launcher()
     spark = SparkSession.builder.appName(f"shopflow-ingest {days[0]}..{days[-1]}").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     fs = HadoopFiles(spark, warehouse)
-    fs.delete_leftovers()  # of runs that died: one ingest writes the warehouse at a time
-    stage = f"{warehouse}/_staging/{run_id}"
-    watchdog = ExecutorWatchdog(spark, extras.get("executor_timeout_seconds", 60))
-    watchdog.start()
+    stage = f"{warehouse}/{STAGING}/{run_id}"
     try:
-        log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
-        multiline = files_with_multiline_records(spark, files)
-        parsed = reduce(
-            DataFrame.unionByName,
-            [parsed_records(spark, f, headers[f.idx], f.idx in multiline) for f in files],
-        ) if files else None
-        checked = None
-        if parsed is not None:
-            checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.DISK_ONLY)
+        lease = fs.take_leases(days, run_id)  # first: from now on an older ingest of these days is fenced out
+        fs.delete_leftovers(run_id, extras.get("finished_runs", []))
+        watchdog = ExecutorWatchdog(spark, extras.get("executor_timeout_seconds", 60))
+        watchdog.start()
         try:
-            if checked is not None:
-                write_staged(valid_rows(checked), f"{stage}/orders")
-                write_staged(rejected_rows(checked), f"{stage}/orders_rejected")
-            counts = summary(checked, fs, days, files)
-        except Exception as error:
-            raise bad_file_error(error, files) or error
+            log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
+            checked = None
+            try:
+                multiline = files_with_multiline_records(spark, files)
+                if files:
+                    parsed = reduce(
+                        DataFrame.unionByName,
+                        [parsed_records(spark, f, headers[f.idx], f.idx in multiline) for f in files],
+                    )
+                    checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.DISK_ONLY)
+                counts = file_counts(checked)
+                refuse_mostly_rejected(files, counts, max_share)  # before anything is written
+                if checked is not None:
+                    write_staged(valid_rows(checked), f"{stage}/orders")
+                    write_staged(rejected_rows(checked), f"{stage}/orders_rejected")
+            except Exception as error:
+                raise bad_file_error(error, files) or error
+            finally:
+                if checked is not None:
+                    checked.unpersist()
+            watchdog.check()
+            summary = day_summary(days, files, counts)
+            check_unchanged(exports)
+            fs.publish(stage, summary, lease)
+            log.info(
+                f"Published {days[0]}..{days[-1]}: {sum(d['rows_loaded'] for d in summary.values())} rows "
+                f"loaded, {sum(d['rows_rejected'] for d in summary.values())} rejected"
+            )
+            return {"days": summary}
+        except Exception:
+            watchdog.check()  # say so when the cause is a lost worker
+            raise
         finally:
-            if checked is not None:
-                checked.unpersist()
-        watchdog.check()
-        fs.publish(stage, days)
-        log.info(
-            f"Published {days[0]}..{days[-1]}: {sum(counts['rows_by_day'].values())} rows loaded, "
-            f"{counts['rows_rejected']} rejected"
-        )
-        return counts
-    except Exception:
-        watchdog.check()  # say so when the cause is a lost worker
-        raise
+            watchdog.stop()
     finally:
-        watchdog.stop()
         fs.delete(stage)
         spark.stop()
+
+
+def check_unchanged(exports: list[dict[str, Any]]) -> None:
+    """What was read is the export that was listed, unless a day's folder changed meanwhile (a
+    re-export landed or is being written): then nothing is published (ExportChangedError)."""
+    changed = [
+        d["day"] for d in exports if scan_day(d["landing_root"], d["directory"]).fingerprint != d["fingerprint"]
+    ]
+    if changed:
+        raise ExportChangedError(
+            f"The export of {', '.join(changed)} changed while it was read (a re-export landed): "
+            "nothing was published."
+        )
+
+
+# --- the launcher ---------------------------------------------------------------------------
+
+
+def parent_of(pid: int) -> int:
+    text = open(f"/proc/{pid}/stat").read()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def die_with_launcher() -> None:
+    """This process is spark-submit's child, and spark-submit the run worker's. A run worker that is
+    killed leaves nobody to read this job's verdict, and a newer run of the same days may be under
+    way: the JVM and this process end with it. (The engine also starts spark-submit under setpriv
+    --pdeathsig where it can; the publish lease fences whatever survives.)"""
+    jvm = os.getppid()
+    try:
+        launcher = parent_of(jvm)
+        with open(f"/proc/{jvm}/cmdline", "rb") as cmdline:
+            if b"org.apache.spark.deploy.SparkSubmit" not in cmdline.read():
+                return  # not started by spark-submit: the parent is not the driver's JVM
+    except (OSError, ValueError, IndexError):
+        return  # no /proc: nothing to watch
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: end with the JVM
+    except (OSError, AttributeError):
+        pass
+    if parent_of(jvm) != launcher:  # it died before the tie was made
+        os.kill(jvm, signal.SIGKILL)
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                now = parent_of(jvm)
+            except (OSError, ValueError, IndexError):
+                now = None
+            if now != launcher:
+                try:
+                    os.kill(jvm, signal.SIGKILL)
+                except OSError:
+                    pass
+                os._exit(1)
+
+    threading.Thread(target=watch, name="shopflow-launcher-watch", daemon=True).start()
 
 
 # --- 1. headers -----------------------------------------------------------------------------
@@ -175,11 +314,24 @@ def check_headers(files: list[ExportFile]) -> dict[int, list[str]]:
     return headers
 
 
+def open_export(f: ExportFile):
+    """The file, opened only if it is still a regular file (a link, FIFO or device put in its place
+    since the listing is not opened, nor waited on); ExportChangedError otherwise."""
+    try:
+        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise ExportChangedError(f"{f.display} changed while it was read ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ExportChangedError(f"{f.display} is no longer a regular file: it changed while it was read")
+    return os.fdopen(fd, "rb")
+
+
 def header_line(f: ExportFile) -> list[str]:
     """The names in the file's first line (a byte-order mark and CR removed)."""
     try:
-        with open(f.path, "rb") as raw:
-            stream = gzip.GzipFile(fileobj=raw) if f.name.endswith(".gz") else raw
+        with open_export(f) as raw:
+            stream = gzip.GzipFile(fileobj=raw) if f.gzip else raw
             first = stream.readline(HEADER_BYTES)
     except (OSError, EOFError, zlib.error) as error:
         raise BadExportError(f"{f.display}: the file is corrupt: {first_line(error)}") from None
@@ -200,20 +352,55 @@ def hadoop_path(path: str) -> str:
     return "".join("\\" + c if c in "\\*?[]{}" else c for c in path)
 
 
+def hadoop_reads_literally(f: ExportFile) -> bool:
+    """Whether Spark's file reader takes the path as itself, with the compression the name says.
+    Hadoop cannot hold a ':' in a file name (it parses it as a URI scheme), and it picks the
+    decompressor from the path's suffix, case-sensitively (a .CSV.GZ file would be read as bytes,
+    and a link's target may have another suffix than the link)."""
+    codec = next((s for s in HADOOP_CODEC_SUFFIXES if f.path.endswith(s)), None)
+    return ":" not in f.path and codec == (".gz" if f.gzip else None)
+
+
 def file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     """The file's lines with their physical line number (header = 1).
 
     The job reads every file as one partition (spark.sql.files.maxPartitionBytes past any export's
     size and spark.sql.files.minPartitionNum 1, set by the engine; .gz files never split), so a
     line's index within its partition is its index in the file: monotonically_increasing_id() is
-    exactly that for partition 0 (a second partition would start at 2^33: see summary()).
+    exactly that for partition 0 (a second partition would start at 2^33: see file_counts()).
+    A file Hadoop cannot name as itself is read by Python on an executor instead.
     """
-    lines = spark.read.option("lineSep", "\n").text(hadoop_path(f.path))
+    if hadoop_reads_literally(f):
+        lines = spark.read.option("lineSep", "\n").text(hadoop_path(f.path))
+        numbered = lines.select((F.monotonically_increasing_id() + 1).alias("line"), "value")
+    else:
+        numbered = python_file_lines(spark, f)
     value = F.col("value")
-    return lines.select(
-        (F.monotonically_increasing_id() + 1).alias("line"),
+    return numbered.select(
+        "line",
         F.when(value.endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(value).alias("value"),
         value.alias("raw"),  # as written: a CR inside a quoted field is data
+    )
+
+
+def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
+    """(line, value) of a file read by its exact path in Python, split at "\n" like Spark's reader.
+    The lines travel as bytes and become text by a cast, which keeps invalid UTF-8 as it is (the
+    rules then reject it as Spark's reader would)."""
+    path, gzipped, mark = f.path, f.gzip, f"{CORRUPT_FILE_MARK}{f.idx}"
+
+    def lines(_):
+        try:
+            with open(path, "rb") as raw:
+                stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+                for number, text in enumerate(stream, start=1):
+                    yield number, text[:-1] if text.endswith(b"\n") else text
+        except (OSError, EOFError, zlib.error) as error:
+            raise OSError(f"{mark}: {error}") from None
+
+    rdd = spark.sparkContext.parallelize([0], 1).flatMap(lines)
+    return spark.createDataFrame(rdd, "line BIGINT, bytes BINARY").select(
+        "line", F.col("bytes").cast("string").alias("value")
     )
 
 
@@ -234,10 +421,11 @@ def files_with_multiline_records(spark: SparkSession, files: list[ExportFile]) -
 
 
 def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
-    """(line, record) of the file's data records: a record's line is its first physical line."""
+    """(line, record, lines) of the file's data records: a record's line is its first physical line,
+    `lines` how many physical lines it spans."""
     lines = file_lines(spark, f).where(F.col("line") > 1)
     if not multiline:
-        return lines.where(F.col("value") != "").select("line", F.col("value").alias("record"))
+        return lines.where(F.col("value") != "").select("line", F.col("value").alias("record"), F.lit(1).alias("lines"))
     # Whether a line starts a record depends on the lines before it: a CSV state machine with two
     # states (outside or inside a quoted field) whose transition per line is known from the line
     # alone (two regular expressions). Most lines keep the state (no quote); a line with a quoted
@@ -273,13 +461,15 @@ def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
     joined = grouped.groupBy("record_line").agg(
         F.array_join(
             F.transform(F.array_sort(F.collect_list(F.struct("line", "raw"))), lambda x: x["raw"]), "\n"
-        ).alias("raw_record")
+        ).alias("raw_record"),
+        F.count("*").alias("lines"),
     ).select(
-        "record_line",  # the record's own line end (CRLF) is not data; a CR inside its quotes is
+        "record_line",
+        "lines",  # the record's own line end (CRLF) is not data; a CR inside its quotes is
         F.when(F.col("raw_record").endswith("\r"), F.expr("substring(raw_record, 1, length(raw_record) - 1)"))
         .otherwise(F.col("raw_record")).alias("record"),
     )
-    return joined.where(F.col("record") != "").select(F.col("record_line").alias("line"), "record")
+    return joined.where(F.col("record") != "").select(F.col("record_line").alias("line"), "record", "lines")
 
 
 def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multiline: bool) -> DataFrame:
@@ -302,9 +492,11 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multil
         .when(field_count < n, F.concat(F.lit(f"{MALFORMED_ROW}: missing columns (from column "), missing_from, F.lit(")")))
         .when(field_count > n, F.lit(f"{MALFORMED_ROW}: too many columns"))
     )
-    rows = records(spark, f, multiline).select("line", "record", fields.alias("fields"))
+    rows = records(spark, f, multiline).select("line", "record", "lines", fields.alias("fields"))
     return rows.select(
         F.lit(f.day).cast("date").alias("dt"),
+        F.lit(f.idx).alias("_file_idx"),
+        F.col("lines").alias("_lines"),
         F.lit(f.name).alias("_source_file"),
         F.col("line").alias("_source_line"),
         *[F.when(malformed.isNull(), F.col(f"fields.c{positions[c]}")).alias(c) for c in REQUIRED_COLUMNS],
@@ -355,43 +547,93 @@ def write_staged(rows: DataFrame, path: str) -> None:
 def bad_file_error(error: Exception, files: list[ExportFile]) -> BadExportError | None:
     """A file the reader could not decompress is permanent; name it."""
     text = str(error)
-    if not any(m in text for m in ("Unexpected end of input stream", "Not in GZIP format", "invalid block type", "incorrect header check")):
+    marked = re.search(re.escape(CORRUPT_FILE_MARK) + r"([0-9]+)", text)
+    hadoop = ("Unexpected end of input stream", "Not in GZIP format", "invalid block type", "incorrect header check")
+    if marked is None and not any(m in text for m in hadoop):
         return None
-    culprit = next((f for f in files if f.name in text), None)
+    if marked is not None:
+        culprit = next((f for f in files if f.idx == int(marked.group(1))), None)
+    else:
+        culprit = next((f for f in files if f.path in text or hadoop_path(f.path) in text), None)
     where = culprit.display if culprit else "a .csv.gz file"
     return BadExportError(
         f"{where}: the file is corrupt: {first_line(error)}. Re-export the file, then re-run the day."
     )
 
 
-def summary(checked: DataFrame | None, fs: "HadoopFiles", days: list[str], files: list[ExportFile]) -> dict[str, Any]:
-    """Rows per day, rejects per rule, files and bytes: one aggregation over the checked rows (the
-    driver sees one row per day and reason, never an order row)."""
-    rows_by_day = {day: 0 for day in days}
-    rejected_by_reason: dict[str, int] = {}
-    rejected = 0
+def file_counts(checked: DataFrame | None) -> dict[int, FileCount]:
+    """Each file's lines and rows, valid and per reason: one aggregation over the checked rows (the
+    driver sees one row per file and reason, never an order row)."""
+    counts: dict[int, FileCount] = {}
+    if checked is None:
+        return counts
     groups = (
-        checked.groupBy("dt", "reason").agg(F.count("*").alias("count"), F.max("_source_line").alias("last_line")).collect()
-        if checked is not None
-        else []
+        checked.groupBy("_file_idx", "reason")
+        .agg(F.count("*").alias("rows"), F.sum("_lines").alias("lines"), F.max("_source_line").alias("last_line"))
+        .collect()
     )
     if any(g.last_line >= SPLIT_FILE_LINE for g in groups):  # never published: see file_lines()
         raise RuntimeError("a file was read as several partitions, so its line numbers are wrong")
-    for group in groups:
-        if group.reason == "":
-            rows_by_day[str(group.dt)] += group["count"]
-            continue
-        rejected += group["count"]
-        rules = [MALFORMED_ROW] if group.reason.startswith(MALFORMED_ROW) else group.reason.split("; ")
-        for rule in rules:
-            rejected_by_reason[rule] = rejected_by_reason.get(rule, 0) + group["count"]
-    return {
-        "rows_by_day": rows_by_day,
-        "rows_rejected": rejected,
-        "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
-        "files": len(files),
-        "bytes": sum(fs.size(f.path) for f in files),
+    for g in groups:
+        count = counts.setdefault(g._file_idx, FileCount())
+        count.lines += g.lines
+        if g.reason == "":
+            count.valid += g.rows
+        else:
+            count.rejected_lines += g.lines
+            count.rejected[g.reason] = count.rejected.get(g.reason, 0) + g.rows
+    return counts
+
+
+def refuse_mostly_rejected(files: list[ExportFile], counts: dict[int, FileCount], max_share: float) -> None:
+    """A file of at least 1,000 data lines with a larger share of rejected lines than
+    SHOPFLOW_MAX_REJECTED_SHARE is refused (BadExportError), every such file named at once."""
+    problems = []
+    for f in files:
+        count = counts.get(f.idx, FileCount())
+        error = rejected_share_error(f.display, count.rejected_lines, count.lines, max_share)
+        if error is not None:
+            problems.append(str(error))
+    if problems:
+        raise BadExportError("\n".join(problems))
+
+
+def day_summary(days: list[str], files: list[ExportFile], counts: dict[int, FileCount]) -> dict[str, dict[str, Any]]:
+    """Each day's numbers, as the engine's LoadSummary.from_json reads them."""
+    summary: dict[str, dict[str, Any]] = {
+        day: {"files": 0, "bytes": 0, "rows_loaded": 0, "rows_rejected": 0, "rejected_by_reason": {}} for day in days
     }
+    for f in files:
+        day, count = summary[f.day], counts.get(f.idx, FileCount())
+        day["files"] += 1
+        day["bytes"] += f.size
+        day["rows_loaded"] += count.valid
+        for reason, rows in count.rejected.items():
+            day["rows_rejected"] += rows
+            rules = [MALFORMED_ROW] if reason.startswith(MALFORMED_ROW) else reason.split("; ")
+            for rule in rules:
+                day["rejected_by_reason"][rule] = day["rejected_by_reason"].get(rule, 0) + rows
+    for day in summary.values():
+        day["rejected_by_reason"] = dict(sorted(day["rejected_by_reason"].items()))
+    return summary
+
+
+LEASE_NAME = re.compile(r"([0-9]{12})\.([A-Za-z0-9_-]+)\.([0-9a-f]{32})")
+
+
+@dataclass
+class Lease:
+    """This ingest's publish lease of each of its days: the file `<token>.<run id>.<nonce>` in
+    `<warehouse>/_leases/dt=D/`. The lease of D is the file with the highest name (the token is
+    zero-padded): a later ingest of D takes a higher token, and from then on this one may not
+    publish D. The nonce tells two attempts of one run apart."""
+
+    run_id: str
+    nonce: str
+    tokens: dict[str, int]
+
+    def name(self, day: str) -> str:
+        return f"{self.tokens[day]:012d}.{self.run_id}.{self.nonce}"
 
 
 class HadoopFiles:
@@ -406,41 +648,125 @@ class HadoopFiles:
     def exists(self, path: str) -> bool:
         return self.fs.exists(self._Path(path))
 
-    def size(self, path: str) -> int:
-        return self.fs.getFileStatus(self._Path(path)).getLen()
-
     def delete(self, path: str) -> None:
         self.fs.delete(self._Path(path), True)
 
+    def names(self, folder: str) -> list[str]:
+        """The names in a folder; none if there is no such folder."""
+        try:
+            return sorted(status.getPath().getName() for status in self.fs.listStatus(self._Path(folder)))
+        except Exception as error:  # py4j's error wraps Java's FileNotFoundException
+            if "FileNotFoundException" in str(error):
+                return []
+            raise
+
+    def has_parquet(self, folder: str) -> bool:
+        return any(name.endswith(".parquet") for name in self.names(folder))
+
     def move(self, source: str, target: str) -> None:
+        """Rename `source` to `target`, which must not exist (Hadoop would move a folder into an
+        existing one, not over it)."""
+        if self.exists(target):
+            raise OSError(f"could not move {source} to {target}: it exists")
         self.fs.mkdirs(self._Path(target).getParent())
         if not self.fs.rename(self._Path(source), self._Path(target)):
             raise OSError(f"could not move {source} to {target}")
 
-    def delete_leftovers(self) -> None:
-        """The staging folders of runs that died. One killed between a publish's two renames left a
-        day's partition moved aside and none in its place: that one goes back first, as it was."""
-        staging = f"{self.warehouse}/_staging"
-        for aside in self.fs.globStatus(self._Path(f"{hadoop_path(staging)}/*/replaced/*/dt=*")) or []:
-            path = aside.getPath()
-            live = f"{self.warehouse}/{RAW_DB}/{path.getParent().getName()}/{path.getName()}"
-            if not self.exists(live):
-                self.move(path.toString(), live)
-        self.delete(staging)
+    # --- leases ---------------------------------------------------------------------------------
 
-    def publish(self, stage: str, days: list[str]) -> None:
+    def lease_holder(self, day: str) -> str | None:
+        names = [n for n in self.names(f"{self.warehouse}/{LEASES}/dt={day}") if LEASE_NAME.fullmatch(n)]
+        return max(names) if names else None
+
+    def take_leases(self, days: list[str], run_id: str) -> Lease:
+        lease = Lease(re.sub(r"[^A-Za-z0-9_-]", "_", run_id), uuid.uuid4().hex, {})
+        for day in days:
+            holder = self.lease_holder(day)
+            lease.tokens[day] = int(holder[:12]) + 1 if holder else 1
+            self.fs.create(self._Path(f"{self.warehouse}/{LEASES}/dt={day}/{lease.name(day)}"), False).close()
+        self.check_leases(lease, days)  # two ingests that start together: the higher one goes on
+        return lease
+
+    def check_leases(self, lease: Lease, days: list[str], published: list[str] | None = None) -> None:
+        holders = {day: self.lease_holder(day) for day in days}
+        lost = [day for day, holder in holders.items() if holder != lease.name(day)]
+        if not lost:
+            return
+        taken = ", ".join(
+            f"{day} (run {LEASE_NAME.fullmatch(holders[day]).group(2) if holders[day] else 'unknown'})" for day in lost
+        )
+        done = f" It had published {', '.join(published)}." if published else ""
+        raise Superseded(
+            f"A later ingest took over {taken}: this run published nothing of {', '.join(lost)} and "
+            f"left the later one's data in place.{done} Not retried."
+        )
+
+    def drop_older_leases(self, lease: Lease, day: str) -> None:
+        """Lease files of D below this ingest's (never its own: it is what fences older ones)."""
+        folder = f"{self.warehouse}/{LEASES}/dt={day}"
+        for name in self.names(folder):
+            if name < lease.name(day):
+                self.delete(f"{folder}/{name}")
+
+    # --- leftovers and publishing ---------------------------------------------------------------
+
+    def delete_leftovers(self, run_id: str, finished_runs: list[str]) -> None:
+        """The staging folders of this run (an earlier attempt) and of the runs Dagster reports
+        finished; a running ingest's folder is never touched. A run killed between a publish's two
+        renames left a day's partition moved aside and none in its place: that one goes back first."""
+        staging = f"{self.warehouse}/{STAGING}"
+        for run in [run_id, *finished_runs]:
+            if "/" in run or run in ("", ".", ".."):
+                continue
+            folder = f"{staging}/{run}"
+            for table in TABLES:
+                for day in self.names(f"{folder}/replaced/{table}"):
+                    live = f"{self.warehouse}/{RAW_DB}/{table}/{day}"
+                    if day.startswith("dt=") and not self.exists(live):
+                        self.move(f"{folder}/replaced/{table}/{day}", live)
+            self.delete(folder)
+
+    def publish(self, stage: str, summary: dict[str, dict[str, Any]], lease: Lease) -> None:
         """Each day's partition of each table swapped for the staged one: a reader sees the old day,
-        then (for the moment between two renames) no day, then the new day; never half a day."""
+        then (for the moment between two renames) no day, then the new day; never half a day.
+
+        Nothing is renamed unless every day that has rows has them staged and every day's lease is
+        still this ingest's; the lease is checked again right before each rename."""
+        days = list(summary)
+        missing = [
+            f"{table} of {day}"
+            for day in days
+            for table, rows in (("orders", summary[day]["rows_loaded"]), ("orders_rejected", summary[day]["rows_rejected"]))
+            if rows > 0 and not self.has_parquet(f"{stage}/{table}/dt={day}")
+        ]
+        if missing:
+            raise StagedRowsMissing(
+                f"the staged rows of {', '.join(missing)} are missing at publish (removed by another "
+                "process?): nothing was published"
+            )
+        self.check_leases(lease, days)
+        published: list[str] = []
         for day in days:
             for table in TABLES:
+                rows = summary[day]["rows_loaded" if table == "orders" else "rows_rejected"]
                 live = f"{self.warehouse}/{RAW_DB}/{table}/dt={day}"
-                staged = f"{stage}/{table}/dt={day}"
-                if self.exists(live):
-                    self.move(live, f"{stage}/replaced/{table}/dt={day}")
-                if self.exists(staged):
-                    self.move(staged, live)
-                else:
-                    self.fs.mkdirs(self._Path(f"{self.warehouse}/{RAW_DB}/{table}"))
+                aside = f"{stage}/replaced/{table}/dt={day}"
+                self.check_leases(lease, [day], published)
+                moved_aside = self.exists(live)
+                if moved_aside:
+                    self.move(live, aside)
+                try:
+                    if rows > 0:
+                        self.check_leases(lease, [day], published)
+                        self.move(f"{stage}/{table}/dt={day}", live)
+                    else:  # the day's rebuild is empty: it ends empty
+                        self.fs.mkdirs(self._Path(f"{self.warehouse}/{RAW_DB}/{table}"))
+                except BaseException:
+                    if moved_aside and not self.exists(live):
+                        self.move(aside, live)  # as it was
+                    raise
+            published.append(day)
+            self.drop_older_leases(lease, day)
 
 
 class ExecutorWatchdog:

@@ -12,19 +12,20 @@ import contextlib
 import datetime as dt
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import duckdb
-from dagster import AssetExecutionContext, Failure, PipesSubprocessClient
+from dagster import AssetExecutionContext, Failure, PipesSubprocessClient, RunsFilter
 from pydantic import Field
 
 from shopflow_assets.engines.base import LoadSummary, Warehouse
-from shopflow_assets.export_contract import BadExportError
+from shopflow_assets.export_contract import BadExportError, ExportChangedError
 from shopflow_assets.resources.landing import DayExport
 from shopflow_assets.settings import REPO_ROOT
 
@@ -63,11 +64,23 @@ class SparkWarehouse(Warehouse):
         self.check_master_reachable()
         days = [e.day for e in exports]
         extras = {
-            "days": [{"day": e.day.isoformat(), "files": [str(p) for p in e.files]} for e in exports],
+            "days": [
+                {
+                    "day": e.day.isoformat(),
+                    "folder": e.folder,
+                    "directory": str(e.directory),
+                    "landing_root": e.landing_root,
+                    "fingerprint": e.fingerprint,
+                    "files": [{"name": f.name, "path": f.path, "gzip": f.gzip, "size": f.size} for f in e.files],
+                }
+                for e in exports
+            ],
             "warehouse": self.warehouse_dir,
-            "run_id": context.run_id,
+            "run_id": context.run.run_id,
             "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "executor_timeout_seconds": self.executor_timeout_seconds,
+            "max_rejected_share": self.max_rejected_share,
+            "finished_runs": self.finished_runs_with_leftovers(context),
         }
         client = PipesSubprocessClient(env=self.job_env(), cwd=str(REPO_ROOT))
         try:
@@ -92,18 +105,37 @@ class SparkWarehouse(Warehouse):
         verdict = verdicts[-1] if verdicts else {"verdict": "failed", "error": "the job reported nothing"}
         if verdict["verdict"] == "bad_export":
             raise BadExportError(verdict["error"])
+        if verdict["verdict"] == "export_changed":
+            raise ExportChangedError(verdict["error"])
+        if verdict["verdict"] == "superseded":  # a retry would fence out the later run in turn
+            raise Failure(description=verdict["error"], allow_retries=False)
         if verdict["verdict"] != "loaded":
             raise SparkIngestFailed(f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}")
-        summary = verdict["summary"]
-        return LoadSummary(
-            days=days,
-            files=summary["files"],
-            bytes=summary["bytes"],
-            rows_loaded=sum(summary["rows_by_day"].values()),
-            rows_rejected=summary["rows_rejected"],
-            rejected_by_reason=summary["rejected_by_reason"],
-            rows_by_day=summary["rows_by_day"],
-        )
+        return LoadSummary.from_json(verdict["summary"]["days"])
+
+    def local_warehouse(self) -> Path | None:
+        """The warehouse as a local path, or None where it is not one (hdfs://, s3a://, ...)."""
+        parts = urlsplit(self.warehouse_dir)
+        if parts.scheme == "file":
+            return Path(unquote(parts.path))
+        return Path(self.warehouse_dir) if parts.scheme == "" or len(parts.scheme) == 1 else None
+
+    def finished_runs_with_leftovers(self, context: AssetExecutionContext) -> list[str]:
+        """The runs with a staging folder in the warehouse that Dagster reports finished: the job
+        may clean those (and its own run's). A folder of a run still going, or one this instance
+        does not know (another instance's), is left alone. Only folder names are read."""
+        warehouse = self.local_warehouse()
+        if warehouse is None:
+            return []  # no listing without Spark: only this run's own leftovers are cleaned
+        try:
+            names = [e.name for e in os.scandir(warehouse / "_staging") if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        others = [n for n in names if n != context.run.run_id]
+        if not others:
+            return []
+        runs = context.instance.get_runs(filters=RunsFilter(run_ids=others))
+        return sorted(run.run_id for run in runs if run.is_finished)
 
     def check_master_reachable(self, timeout_seconds: float = 5) -> None:
         """A standalone master that does not answer fails the step at once (transient, retried)
@@ -138,7 +170,11 @@ class SparkWarehouse(Warehouse):
         }
 
     def submit_command(self, days: list[dt.date]) -> list[str]:
-        command = [str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
+        # The driver ends with the process that started it: a run worker that is killed leaves no
+        # spark-submit behind to publish after a newer run (the job also watches, and the publish
+        # lease fences what survives).
+        tie = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        command = [*tie, str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
         command += ["--name", f"shopflow-ingest {days[0]}..{days[-1]}"]
         for key, value in self.spark_conf().items():
             command += ["--conf", f"{key}={value}"]

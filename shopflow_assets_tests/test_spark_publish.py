@@ -1,0 +1,234 @@
+"""One run never touches another's staging (issue 18, point 12), on the suite's real standalone
+cluster: a run's staging survives another run's ingest while the first still runs, and the first,
+once it goes on, finds that a later ingest of its day took the day's publish lease and publishes
+nothing; a staged day that is missing at publish fails the attempt instead of emptying the day; a
+run worker SIGKILLed while its Spark ingest runs takes its driver with it, and nothing it read is
+published over the later run's data.
+
+The runs are the real raw/orders asset: in process where the test needs the step's events, through
+`dagster asset materialize` where it kills the run worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+
+from benchmarks._data import write_day
+
+from .conftest import BIN, REPO_ROOT, command_env, csv_text, day_of, failure_messages, line
+from .test_spark_faults import (
+    APP,
+    BAD_ROWS,
+    D,
+    events,
+    in_background,
+    ingest,
+    ingest_drivers,
+    loaded,
+    marked_drivers,
+    process_table,
+    publish_earlier,
+    published,
+    retry_errors,
+    running_ingest,
+    spark_warehouse,
+    wait_until,
+)
+
+
+def staged_days(warehouse: Path, run_id: str, table: str = "orders") -> list[str]:
+    """The day folders of `table` that `run_id` has committed to its staging folder."""
+    folder = warehouse / "_staging" / run_id / table
+    try:
+        if (folder / "_temporary").exists():
+            return []  # still committing
+        return sorted(d.name for d in folder.iterdir() if d.name.startswith("dt=") and any(d.glob("*.parquet")))
+    except FileNotFoundError:
+        return []
+
+
+def staging_content(warehouse: Path, run_id: str) -> dict[str, int]:
+    found = {}
+    for folder, _, names in os.walk(warehouse / "_staging" / run_id):
+        for name in names:
+            path = Path(folder, name)
+            found[str(path.relative_to(warehouse))] = path.stat().st_size
+    return found
+
+
+def run_ids_of(warehouse: Path, day: str = D) -> list[str]:
+    with duckdb.connect() as con:
+        return [r[0] for r in con.execute(
+            f"SELECT DISTINCT _run_id FROM read_parquet('{warehouse}/raw.db/orders/dt={day}/*.parquet') ORDER BY 1"
+        ).fetchall()]
+
+
+def half_rejected(rows: int) -> str:
+    """A file whose rejected rows (exactly half: taken) make the rejects' write a long one."""
+    return csv_text(
+        [line(f"K{i}", day=D) for i in range(rows)] + [line(f"KX{i}", day=D, status="lost") for i in range(rows)]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. two runs' staging side by side; the older one fenced out
+
+
+def test_a_running_ingests_staging_survives_a_later_ingest_which_then_fences_it_out(spark_cluster, landing, tmp_path):
+    write_day(landing.root, day_of(D), 12_000)
+    landing.write(D, "half.csv", half_rejected(15_000))
+    landing.finish(D)
+    warehouse = tmp_path / "spark-warehouse"
+    (tmp_path / "dagster_home").mkdir()
+    # one core each: both applications get an executor on the 2-core worker
+    settings = {"cores_max": 1}
+    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as instance:
+        first = in_background(lambda: ingest(landing, spark_warehouse(spark_cluster, warehouse, **settings), instance))
+
+        def first_staged() -> str | None:
+            runs = instance.get_runs(limit=1)
+            return runs and staged_days(warehouse, runs[0].run_id) == [f"dt={D}"] and runs[0].run_id
+
+        first_id = wait_until(first_staged, "the first ingest to stage its rows", interval=0.02)
+        drivers = ingest_drivers(os.getpid())
+        for pid in drivers:
+            os.kill(pid, signal.SIGSTOP)  # the first run goes on later, where it stopped
+        try:
+            assert sorted(drivers.values()) == ["jvm", "python"], drivers
+            assert not (warehouse / "raw.db" / "orders" / f"dt={D}").exists(), "the first ingest published before the stop"
+            assert instance.get_run_by_id(first_id).status == DagsterRunStatus.STARTED
+            staged_before = staging_content(warehouse, first_id)
+
+            # a later ingest of the same day runs to the end meanwhile
+            second = ingest(landing, spark_warehouse(spark_cluster, warehouse, **settings), instance)
+            assert second.success, failure_messages(second)
+            assert run_ids_of(warehouse) == [second.run_id]
+            # it did not touch the staging of a run that Dagster reports still running
+            assert staging_content(warehouse, first_id) == staged_before
+            after_second = published(warehouse)
+        finally:
+            for pid in drivers:
+                os.kill(pid, signal.SIGCONT)
+        result = first.result(timeout=300)
+
+    # the first run, going on, finds a later ingest holds the day's lease: it publishes nothing
+    assert not result.success
+    assert events(result, DagsterEventType.STEP_RESTARTED) == []  # a retry would fence the later one out
+    message = failure_messages(result)
+    assert f"A later ingest took over {D} (run {second.run_id})" in message, message
+    assert published(warehouse) == after_second
+    assert run_ids_of(warehouse) == [second.run_id]
+    assert staging_content(warehouse, first_id) == {}  # its own leftovers, removed by itself
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. a staged day missing at publish
+
+
+def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_the_day(spark_cluster, landing, tmp_path):
+    warehouse = tmp_path / "spark-warehouse"
+    publish_earlier(warehouse, D, 1_000, "earlier-run-d")
+    before = published(warehouse)
+    lines = 12_000
+    write_day(landing.root, day_of(D), lines)
+    landing.write(D, "rejects.csv", csv_text(BAD_ROWS))
+    landing.write(D, "half.csv", half_rejected(15_000))
+    landing.finish(D)
+    (tmp_path / "dagster_home").mkdir()
+    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as instance:
+
+        def remove_the_staged_day_then_look_at_the_retry():
+            run = wait_until(lambda: instance.get_runs(limit=1), "the run")[0]
+            wait_until(lambda: staged_days(warehouse, run.run_id), "the staged orders", interval=0.02)
+            shutil.rmtree(warehouse / "_staging" / run.run_id / "orders" / f"dt={D}")
+            wait_until(
+                lambda: instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY),
+                "the attempt to fail",
+                interval=0.05,
+            )
+            return published(warehouse)
+
+        looker = in_background(remove_the_staged_day_then_look_at_the_retry)
+        result = ingest(landing, spark_warehouse(spark_cluster, warehouse), instance)
+        at_retry = looker.result(timeout=120)
+
+    # the attempt published nothing: D as it was (not empty) until the retry
+    assert at_retry == before
+    errors = retry_errors(result)
+    assert errors and f"the staged rows of orders of {D} are missing at publish" in errors[0], errors
+    # the retry loaded the day, once
+    assert result.success, failure_messages(result)
+    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    assert (rows, source_lines, run_ids) == (lines + 15_000, lines + 15_000, [result.run_id])
+    assert ("rejects.csv", 2) in rejects and len(rejects) == 2 + 15_000
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the run worker SIGKILLed while its ingest runs
+
+
+def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is_published_later(
+    spark_cluster, landing, tmp_path
+):
+    write_day(landing.root, day_of(D), 40_000)
+    warehouse = tmp_path / "spark-warehouse"
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    mark = uuid.uuid4().hex
+    env = command_env(
+        landing,
+        tmp_path / "unused.duckdb",
+        DAGSTER_HOME=str(home),
+        SHOPFLOW_ENGINE="spark",
+        SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
+        SHOPFLOW_SPARK_WAREHOUSE=str(warehouse),
+        SHOPFLOW_FAULT_TEST=mark,  # every process of this run carries it
+    )
+    log = tmp_path / "materialize.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "shopflow_assets.definitions",
+             "--select", "raw/orders", "--partition", D],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        def working():
+            assert worker.poll() is None, f"the run ended before the kill:\n{log.read_text()[-3000:]}"
+            return running_ingest(spark_cluster) and marked_drivers(mark)
+
+        wait_until(working, "the Spark ingest's tasks to run", interval=0.2)
+        drivers = marked_drivers(mark)
+        table = process_table()
+        jvm = next(pid for pid in drivers if "SparkSubmit" in table[pid][2])
+        launcher = table[jvm][0]
+        assert launcher != 1 and "dagster" in table[launcher][2], table[launcher]
+        os.kill(launcher, signal.SIGKILL)  # the process that started spark-submit
+        killed = time.monotonic()
+        wait_until(lambda: not marked_drivers(mark), "the orphaned driver to end", timeout=30, interval=0.2)
+        print(f"\nthe driver ended {time.monotonic() - killed:.1f} s after its run worker was killed")
+        spark_cluster.wait_for_application(APP, states=("FINISHED", "KILLED", "FAILED"), timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+        for pid in marked_drivers(mark):  # never leave a driver of this test on the shared cluster
+            os.kill(pid, signal.SIGKILL)
+    assert published(warehouse)["files"] == []
+
+    # a later run of the day publishes; nothing of the killed one comes after it
+    result = ingest(landing, spark_warehouse(spark_cluster, warehouse))
+    assert result.success, failure_messages(result)
+    time.sleep(5)
+    assert run_ids_of(warehouse) == [result.run_id]
+    (rows, _, _), _ = loaded(warehouse)
+    assert rows == 40_000
