@@ -486,6 +486,19 @@ def load_days(
         return _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share)
     except duckdb.Error as error:  # what reading a file did not already say
         raise engine_error(error, "ingesting") or error from None
+    except BadExportError:
+        # A file read while a re-export rewrote it is no bad file: read the new export instead.
+        changed = [e for e in exports if e.changed()]
+        if changed:
+            raise _changed(changed) from None
+        raise
+
+
+def _changed(exports: Sequence[DayExport]) -> ExportChangedError:
+    return ExportChangedError(
+        f"The export of {', '.join(str(e.day) for e in exports)} changed while it was read "
+        "(a re-export landed): nothing was published."
+    )
 
 
 def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) -> LoadSummary:
@@ -555,10 +568,7 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
     # What was read is one export of each day, unless a day's files changed meanwhile.
     changed = [e for e in exports if e.changed()]
     if changed:
-        raise ExportChangedError(
-            f"The export of {', '.join(str(e.day) for e in changed)} changed while it was read "
-            "(a re-export landed): nothing was published."
-        )
+        raise _changed(changed)
     publish(con, {"loaded_at": loaded_at, "run_id": run_id})
 
     for day, loaded in con.execute(

@@ -331,6 +331,23 @@ def test_an_export_rewritten_while_it_is_read_is_not_published(landing, tmp_path
         assert sorted(r[0] for r in con.execute("SELECT order_id FROM raw.orders").fetchall()) == ["N", "NEW-A", "NEW-B"]
 
 
+def test_a_file_rewritten_into_junk_while_read_is_a_changed_export_not_a_bad_one(landing, tmp_path):
+    """The second day's file is rewritten (into lines that are no order lines) after the listing and
+    before it is read: what was read is a mix of two exports, not a bad file to refuse for good."""
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+    landing.export(NEXT, {"a.csv": csv_text([line(f"N{i}", day=NEXT) for i in range(1500)])})
+    zone = LandingZone(root=str(landing.root))
+    exports = [zone.finished_export(day_of(d)) for d in (DAY, NEXT)]
+
+    def rewrite_next_day(message: str) -> None:
+        if message.startswith(f"read {DAY}"):
+            landing.write(NEXT, "a.csv", csv_text([]) + "junk\n" * 1500)
+
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    with warehouse.connect() as con, pytest.raises(ExportChangedError, match=NEXT):
+        load_days(con, exports, "run-1", dt.datetime.now(dt.timezone.utc), progress=rewrite_next_day)
+
+
 def test_a_day_being_rewritten_is_not_read(run, landing, warehouse_path):
     landing.export(DAY, {"a.csv": csv_text([line("OLD")])})
     assert run(DAY, selection=RAW).success
