@@ -19,14 +19,16 @@ A file is read by its exact path (a name is never a pattern) with the compressio
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
 import gzip
+import itertools
 import os
 import re
 import stat
 import time
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import duckdb
 
@@ -253,11 +255,10 @@ def _stage_files(
 LINE_COUNT_CHUNK = 1 << 20
 
 
-def count_lines(f: ExportFile, display: str) -> tuple[int, int]:
-    """(physical lines, blank lines) of a file, counted as bytes (`wc -l`, decompressed): no
-    record is parsed. DuckDB's reader skips blank lines and, with ignore_errors, lines it cannot
-    parse (invalid UTF-8 among them); these counts are what it cannot say. The file is opened only
-    if it is still a regular file (a link or FIFO put in its place since the listing is not)."""
+@contextlib.contextmanager
+def _open_export(f: ExportFile, display: str) -> Iterator:
+    """The file's bytes, decompressed, if it is still a regular file (a link or a FIFO put in its
+    place since the listing is not opened)."""
     try:
         fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
@@ -265,23 +266,48 @@ def count_lines(f: ExportFile, display: str) -> tuple[int, int]:
     with os.fdopen(fd, "rb") as raw:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ExportChangedError(f"{display} is no longer a regular file")
-        stream = gzip.GzipFile(fileobj=raw) if f.gzip else raw
-        lines = blank = 0
-        last, previous = b"", b""
         try:
-            while chunk := stream.read(LINE_COUNT_CHUNK):
-                lines += chunk.count(b"\n")
-                joined = previous + chunk  # a blank line may straddle two chunks
-                if b"\n\n" in joined or b"\n\r\n" in joined:
-                    blank += len(_BLANK_LINE.findall(chunk, 0)) + _blank_at_start(previous, chunk)
-                previous, last = chunk[-2:], chunk
+            yield gzip.GzipFile(fileobj=raw) if f.gzip else raw
         except (OSError, EOFError, zlib.error) as error:
             raise BadExportError(
                 f"{display}: the file is corrupt: {error}. Re-export the file, then re-run the day."
             ) from None
+
+
+def count_lines(f: ExportFile, display: str) -> tuple[int, int]:
+    """(physical lines, blank lines) of a file, counted as bytes (`wc -l`, decompressed): no
+    record is parsed. DuckDB's reader skips blank lines and, with ignore_errors, lines it cannot
+    parse (invalid UTF-8 among them); these counts are what it cannot say."""
+    lines = blank = 0
+    last, previous = b"", b""
+    with _open_export(f, display) as stream:
+        while chunk := stream.read(LINE_COUNT_CHUNK):
+            lines += chunk.count(b"\n")
+            joined = previous + chunk  # a blank line may straddle two chunks
+            if b"\n\n" in joined or b"\n\r\n" in joined:
+                blank += len(_BLANK_LINE.findall(chunk, 0)) + _blank_at_start(previous, chunk)
+            previous, last = chunk[-2:], chunk
     if last and not last.endswith(b"\n"):
         lines += 1  # a last line without its newline
     return lines, blank
+
+
+def blank_slots(f: ExportFile, display: str) -> Iterator[int]:
+    """The record number DuckDB gives each blank line of the file (its reader skips them, but
+    numbers the lines after them as if they were records): the physical line less the newlines
+    inside quoted fields before it. Only for the rare file that has blank lines."""
+    physical = quoted = 0
+    inside = False
+    with _open_export(f, display) as stream:
+        for raw in stream:
+            physical += 1
+            if not inside and raw in (b"\n", b"\r\n"):
+                yield physical - quoted
+                continue
+            if raw.count(b'"') % 2:
+                inside = not inside
+            if inside and raw.endswith(b"\n"):
+                quoted += 1
 
 
 # A blank line: a line end right after a line end (CR allowed), within a chunk.
@@ -352,6 +378,7 @@ CREATE OR REPLACE TEMP TABLE _shopflow_files (
     file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR, first_row BIGINT
 );
 CREATE OR REPLACE TEMP TABLE _shopflow_line_counts (file_idx INTEGER, lines BIGINT, blank BIGINT);
+CREATE OR REPLACE TEMP TABLE _shopflow_blank_slots (file_idx INTEGER, slot BIGINT);
 CREATE OR REPLACE TEMP TABLE _shopflow_stage (
     file_idx INTEGER, _newlines BIGINT,
     order_id VARCHAR, line_number INTEGER, customer_id VARCHAR, product_id VARCHAR, quantity INTEGER,
@@ -374,9 +401,10 @@ WHERE f.file_idx = r.file_idx
 _RECORD = "s.rowid - f.first_row + 1"
 
 # Records get their physical line: DuckDB numbers rejected records by line (not counting quoted
-# newlines) and accepted ones not at all. In the common case the line is the record number + 1.
-# Otherwise accepted records fill, in order, the record slots that rejected ones leave free; each
-# record then moves down by the newlines inside the records before it.
+# newlines, counting the blank lines it skips) and accepted ones not at all. In the common case the
+# line is the record number + 1. Otherwise accepted records fill, in order, the record slots that
+# rejected records and blank lines leave free; each record then moves down by the newlines inside
+# the records before it.
 _LINES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_parse_rejects AS
 SELECT f.file_idx,
@@ -394,6 +422,7 @@ GROUP BY ALL;
 CREATE OR REPLACE TEMP TABLE _shopflow_simple_files AS
 SELECT file_idx FROM _shopflow_files f
 WHERE NOT EXISTS (SELECT 1 FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx)
+  AND NOT EXISTS (SELECT 1 FROM _shopflow_blank_slots b WHERE b.file_idx = f.file_idx)
   AND NOT EXISTS (SELECT 1 FROM _shopflow_stage s WHERE s.file_idx = f.file_idx AND s._newlines > 0);
 
 CREATE OR REPLACE TEMP TABLE _shopflow_lines AS
@@ -401,16 +430,21 @@ WITH counts AS (
     SELECT f.file_idx,
            (SELECT count(*) FROM _shopflow_stage s WHERE s.file_idx = f.file_idx) AS accepted,
            (SELECT count(*) FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx) AS rejected,
-           (SELECT coalesce(max(slot), 0) FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx) AS last_rejected
+           (SELECT coalesce(max(slot), 0) FROM _shopflow_parse_rejects r WHERE r.file_idx = f.file_idx) AS last_rejected,
+           (SELECT count(*) FROM _shopflow_blank_slots b WHERE b.file_idx = f.file_idx) AS blank,
+           (SELECT coalesce(max(slot), 0) FROM _shopflow_blank_slots b WHERE b.file_idx = f.file_idx) AS last_blank
     FROM _shopflow_files f
     WHERE f.file_idx NOT IN (SELECT file_idx FROM _shopflow_simple_files)
 ),
 free_slots AS (
     SELECT c.file_idx, g.slot,
            row_number() OVER (PARTITION BY c.file_idx ORDER BY g.slot) AS _record
-    FROM counts c, generate_series(2, CAST(greatest(c.accepted + c.rejected + 1, c.last_rejected) AS BIGINT)) AS g(slot)
+    FROM counts c,
+         generate_series(2, CAST(greatest(c.accepted + c.rejected + c.blank + 1, c.last_rejected, c.last_blank) AS BIGINT)) AS g(slot)
     WHERE NOT EXISTS (
         SELECT 1 FROM _shopflow_parse_rejects r WHERE r.file_idx = c.file_idx AND r.slot = g.slot
+    ) AND NOT EXISTS (
+        SELECT 1 FROM _shopflow_blank_slots b WHERE b.file_idx = c.file_idx AND b.slot = g.slot
     )
 ),
 staged AS (
@@ -552,6 +586,11 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
             )
     con.execute(_FIRST_ROWS_SQL)
     with_unparsed_lines = _check_rejected_shares(con, files, max_rejected_share)
+    for (file_idx,) in con.execute("SELECT file_idx FROM _shopflow_line_counts WHERE blank > 0").fetchall():
+        export, f = files[file_idx]
+        slots = blank_slots(f, display_name(export.folder, f.name))
+        while batch := list(itertools.islice(slots, 100_000)):
+            con.execute("INSERT INTO _shopflow_blank_slots SELECT ?, unnest(?)", [file_idx, batch])
     for file_idx in with_unparsed_lines:  # collect their unparseable lines, with DuckDB's rejects
         export, f = files[file_idx]
         header, columns = headers[f.path]

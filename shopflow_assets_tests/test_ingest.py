@@ -268,6 +268,26 @@ def test_line_numbers_count_quoted_newlines(run, landing, warehouse_path, crlf):
     assert [(f, n) for f, n, _, _ in rejected(warehouse_path)] == [("a.csv", 5)]
 
 
+@pytest.mark.parametrize("crlf", [False, True])
+def test_blank_lines_keep_every_row_at_its_physical_line(run, landing, warehouse_path, crlf):
+    header, *rows = csv_text(
+        [line("A"), line("B", product_id="two\nlines"), line("C"), line("D", quantity="0"), line("E")]
+    ).splitlines(keepends=True)
+    # 1 header, 2 A, 3 blank, 4-5 B (a quoted newline), 6 blank, 7 blank, 8 C, 9 malformed, 10 D, 11 blank, 12 E
+    text = header + rows[0] + "\n" + rows[1] + rows[2] + "\n\n" + rows[3] + "X,1,C-1\n" + rows[4] + "\n" + rows[5]
+    if crlf:
+        text = text.replace("\n", "\r\n").replace("two\r\nlines", "two\nlines")
+    landing.export(DAY, {"a.csv": text})
+
+    result = ingest(run)
+
+    assert result.success, failure_messages(result)
+    assert [(o, n) for o, _, _, n in raw_rows(warehouse_path)] == [("A", 2), ("B", 4), ("C", 8), ("E", 12)]
+    assert [(n, r.split(":")[0]) for _, n, r, _ in rejected(warehouse_path)] == [
+        (9, "malformed CSV row"), (10, "quantity is below 1")
+    ]
+
+
 def test_a_range_is_one_run_that_logs_its_progress(landing, resources, instance, warehouse_path):
     from dagster import materialize
 
