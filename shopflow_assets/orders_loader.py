@@ -34,6 +34,7 @@ import duckdb
 
 from shopflow_assets.engines.base import IngestCancelled, LoadSummary, OutOfMemory
 from shopflow_assets.landing_rules import ExportFile
+from shopflow_assets.raw_schema import duckdb_ddl
 from shopflow_assets.resources.landing import DayExport
 
 from shopflow_assets.export_contract import (  # noqa: F401  (re-exported: the contract's names)
@@ -69,45 +70,7 @@ REJECTS_OPTIONS = (
     "store_rejects = true, rejects_table = '_shopflow_csv_errors', "
     "rejects_scan = '_shopflow_csv_scans', rejects_limit = 0"
 )
-RAW_TABLES_DDL = """
-CREATE SCHEMA IF NOT EXISTS raw;
-CREATE TABLE IF NOT EXISTS raw.orders (
-    dt            DATE           NOT NULL,
-    order_id      VARCHAR        NOT NULL,
-    line_number   INTEGER        NOT NULL,
-    customer_id   VARCHAR        NOT NULL,
-    product_id    VARCHAR        NOT NULL,
-    quantity      INTEGER        NOT NULL,
-    unit_price    DECIMAL(18, 2) NOT NULL,
-    discount      DECIMAL(18, 2) NOT NULL,
-    status        VARCHAR        NOT NULL,
-    ordered_at    TIMESTAMPTZ    NOT NULL,
-    updated_at    TIMESTAMPTZ    NOT NULL,
-    _source_file  VARCHAR        NOT NULL,
-    _source_line  BIGINT         NOT NULL,
-    _loaded_at    TIMESTAMPTZ    NOT NULL,
-    _run_id       VARCHAR        NOT NULL
-);
-CREATE TABLE IF NOT EXISTS raw.orders_rejected (
-    dt            DATE           NOT NULL,
-    _source_file  VARCHAR        NOT NULL,
-    _source_line  BIGINT         NOT NULL,
-    reason        VARCHAR        NOT NULL,
-    order_id      VARCHAR,
-    line_number   VARCHAR,
-    customer_id   VARCHAR,
-    product_id    VARCHAR,
-    quantity      VARCHAR,
-    unit_price    VARCHAR,
-    discount      VARCHAR,
-    status        VARCHAR,
-    ordered_at    VARCHAR,
-    updated_at    VARCHAR,
-    _raw_line     VARCHAR,
-    _loaded_at    TIMESTAMPTZ    NOT NULL,
-    _run_id       VARCHAR        NOT NULL
-);
-"""
+RAW_TABLES_DDL = duckdb_ddl()
 
 
 def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -68,6 +68,7 @@ from shopflow_assets.export_contract import (
     required_positions,
 )
 from shopflow_assets.landing_rules import scan_day
+from shopflow_assets.raw_schema import column_names
 
 RAW_DB = "raw.db"
 STAGING = "_staging"
@@ -521,20 +522,12 @@ def checked_rows(parsed: DataFrame, run_id: str, loaded_at: dt.datetime) -> Data
 
 def valid_rows(checked: DataFrame) -> DataFrame:
     # status is published as written (it matched one of the statuses exactly); the rest typed
-    return checked.where(F.col("reason") == "").select(
-        "dt",
-        *[F.col("status" if c == "status" else f"t_{c}").alias(c) for c in REQUIRED_COLUMNS],
-        "_source_file",
-        "_source_line",
-        "_loaded_at",
-        "_run_id",
-    )
+    typed = {c: F.col("status" if c == "status" else f"t_{c}").alias(c) for c in REQUIRED_COLUMNS}
+    return checked.where(F.col("reason") == "").select(*[typed.get(c, c) for c in column_names("raw.orders")])
 
 
 def rejected_rows(checked: DataFrame) -> DataFrame:
-    return checked.where(F.col("reason") != "").select(
-        "dt", "_source_file", "_source_line", "reason", *REQUIRED_COLUMNS, "_raw_line", "_loaded_at", "_run_id"
-    )
+    return checked.where(F.col("reason") != "").select(*column_names("raw.orders_rejected"))
 
 
 # --- 4. staging and 5. publishing -------------------------------------------------------------

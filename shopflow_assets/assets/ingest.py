@@ -11,7 +11,9 @@ from dagster import (
     asset,
 )
 
+from shopflow_assets import raw_schema
 from shopflow_assets.asset_keys import RAW_ORDERS
+from shopflow_assets.raw_schema import TYPES
 from shopflow_assets.engines import Warehouse
 from shopflow_assets.engines.base import IngestCancelled
 from shopflow_assets.export_contract import BadExportError, ExportChangedError
@@ -20,24 +22,6 @@ from shopflow_assets.retries import TRANSIENT_RETRY_POLICY, not_retried_when_can
 from shopflow_assets.resources import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.run_window import EXPORT_TAG, days_of, export_tag_value, rerun_command
 from shopflow_assets.settings import get_settings
-
-RAW_ORDERS_COLUMNS = (
-    ("dt", "DATE", "the export day (UTC), the partition key"),
-    ("order_id", "VARCHAR", "the order"),
-    ("line_number", "INTEGER", "the line within the order, >= 1"),
-    ("customer_id", "VARCHAR", "who ordered"),
-    ("product_id", "VARCHAR", "what was ordered"),
-    ("quantity", "INTEGER", "units, >= 1"),
-    ("unit_price", "DECIMAL(18,2)", "price per unit, >= 0"),
-    ("discount", "DECIMAL(18,2)", "discount on the line, 0..quantity x unit_price"),
-    ("status", "VARCHAR", "placed, shipped, delivered, cancelled or refunded"),
-    ("ordered_at", "TIMESTAMPTZ", "when the order was placed; its UTC date is dt"),
-    ("updated_at", "TIMESTAMPTZ", "when this version of the line was exported"),
-    ("_source_file", "VARCHAR", "the export file's name"),
-    ("_source_line", "BIGINT", "the row's line in that file, header = 1"),
-    ("_loaded_at", "TIMESTAMPTZ", "when the ingest published the row"),
-    ("_run_id", "VARCHAR", "the Dagster run that published the row"),
-)
 
 # Runs that write the DuckDB file take a slot of this pool: DuckDB allows one writer per file.
 WAREHOUSE_POOL = "shopflow_warehouse"
@@ -62,7 +46,7 @@ READS_OF_A_CHANGING_EXPORT = 3
     metadata={
         "dagster/table_name": "raw.orders",
         "dagster/column_schema": TableSchema(
-            columns=[TableColumn(name, type_, description=text) for name, type_, text in RAW_ORDERS_COLUMNS]
+            columns=[TableColumn(c.name, TYPES[c.type][2], description=c.description) for c in raw_schema.RAW_ORDERS]
         ),
     },
 )
