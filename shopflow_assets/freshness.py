@@ -1,5 +1,9 @@
 """The 08:00 promise: yesterday's fact_sales (and daily_revenue) by 08:00 in SHOPFLOW_SLA_TIMEZONE.
 
+"Yesterday" is the last UTC day (partitions are UTC days) that ended at or before the deadline
+instant, 08:00 local: in Los Angeles or Berlin the local yesterday, in Tokyo or Kiritimati the day
+before it (at 08:00 there the local yesterday's UTC day has not ended yet).
+
 Dagster's FreshnessPolicy shows the state in the UI, but judges the newest materialization of any
 partition (a backfill of an old day makes it pass) and sends nothing in open source; so the "late"
 alert looks at yesterday's partition itself (`evaluate_lateness`), with the clock passed in.
@@ -37,11 +41,34 @@ IN_PROGRESS = [
 ]
 
 
+def deadline_of(local_day: dt.date, timezone: str) -> dt.datetime:
+    """08:00 in `timezone` on `local_day`, as an aware datetime of that zone."""
+    return dt.datetime.combine(local_day, DEADLINE, tzinfo=zoneinfo.ZoneInfo(timezone))
+
+
+def last_complete_day(instant: dt.datetime) -> dt.date:
+    """The last UTC day that ended at or before `instant` (day D ends at D+1 00:00 UTC)."""
+    return instant.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
+
+
+def due_days(now: dt.datetime, timezone: str) -> tuple[list[dt.date], dt.datetime]:
+    """The partitions due by the deadline of `now`'s local day, and that deadline.
+
+    "Yesterday" is the last UTC day that ended before the deadline instant, not the local
+    yesterday: at 08:00 in Tokyo the UTC day of the local yesterday is still running. Usually one
+    day; none or two where a DST change moves the deadline across 00:00 UTC (UTC+8 with summer
+    time), so that every UTC day is due at exactly one deadline."""
+    local_day = now.astimezone(zoneinfo.ZoneInfo(timezone)).date()
+    deadline = deadline_of(local_day, timezone)
+    first = last_complete_day(deadline_of(local_day - dt.timedelta(days=1), timezone)) + dt.timedelta(days=1)
+    last = last_complete_day(deadline)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)], deadline
+
+
 def due_day(now: dt.datetime, timezone: str) -> tuple[dt.date, dt.datetime]:
-    """The partition due by the deadline of `now`'s local day, and that deadline."""
-    local = now.astimezone(zoneinfo.ZoneInfo(timezone))
-    deadline = dt.datetime.combine(local.date(), DEADLINE, tzinfo=zoneinfo.ZoneInfo(timezone))
-    return local.date() - dt.timedelta(days=1), deadline
+    """The last UTC day due by the deadline of `now`'s local day, and that deadline."""
+    deadline = deadline_of(now.astimezone(zoneinfo.ZoneInfo(timezone)).date(), timezone)
+    return last_complete_day(deadline), deadline
 
 
 def materialized_at(instance: DagsterInstance, key: AssetKey, day: dt.date) -> dt.datetime | None:
@@ -104,8 +131,10 @@ def evaluate_lateness(
 ) -> tuple[list[LatenessAlert], LatenessState]:
     """Messages to send at `now`, and the new state. At most one LATE per day, ever."""
     messages: list[LatenessAlert] = []
-    day, deadline = due_day(now, timezone)
-    if now >= deadline and day >= start_date and str(day) not in state.late:
+    days, deadline = due_days(now, timezone)
+    for day in days if now >= deadline else []:  # before today's deadline nothing new is due
+        if day < start_date or str(day) in state.late:
+            continue
         if materialized_at(instance, FACT_SALES, day) is None:
             reason = why_missing(instance, landing, day, ui_url)
             messages.append(LatenessAlert("LATE", day, late_message(day=day, deadline=deadline, reason=reason, ui_url=ui_url)))

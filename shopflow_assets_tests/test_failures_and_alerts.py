@@ -22,7 +22,7 @@ from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets.dbt import classify_dbt_failure
 from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.freshness import LatenessState, due_day, evaluate_lateness
+from shopflow_assets.freshness import LatenessState, due_days, evaluate_lateness
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.resources import LandingZone
 from shopflow_assets.sensors.alerting import AlertsCursor, alerts_sensor
@@ -52,8 +52,8 @@ def alert_ticks(instance: DagsterInstance, slack, landing, cursor: str | None = 
     alerts of new events to the outbox, the next delivers them). Without a cursor it starts at the
     beginning of the event log, with today's LATE already sent (that one is about the real date)."""
     if cursor is None:
-        today_due = str(due_day(dt.datetime.now(dt.timezone.utc), get_settings().sla_timezone)[0])
-        cursor = AlertsCursor(failures_after=0, ready_after=0, lateness=LatenessState(late=[today_due])).dump()
+        today_due = [str(d) for d in due_days(dt.datetime.now(dt.timezone.utc), get_settings().sla_timezone)[0]]
+        cursor = AlertsCursor(failures_after=0, ready_after=0, lateness=LatenessState(late=today_due)).dump()
     for _ in range(ticks):
         context = build_sensor_context(
             instance=instance, cursor=cursor, resources={"slack": slack, "landing": LandingZone(root=str(landing.root))}
