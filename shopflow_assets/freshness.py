@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, FreshnessPolicy, RunsFilter
 
 from shopflow_assets.asset_keys import FACT_SALES, RAW_ORDERS
-from shopflow_assets.alerts import late_message, recovered_message, run_url
+from shopflow_assets.alerts import Mrkdwn, late_message, literal, plain, recovered_message, run_url
 from shopflow_assets.resources.landing import SUCCESS_MARKER, LandingZone
 from shopflow_assets.run_window import days_of_run_tags
 from shopflow_assets.settings import get_settings
@@ -83,22 +83,23 @@ def _runs_for(instance: DagsterInstance, day: dt.date, statuses: list[DagsterRun
     return [r for r in runs if day in days_of_run_tags(r.tags)]
 
 
-def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, ui_url: str) -> str:
-    """What stands between `day`'s export and its fact_sales, in words a person can act on."""
+def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, ui_url: str) -> Mrkdwn:
+    """What stands between `day`'s export and its fact_sales, in words a person can act on (Slack
+    text: the landing zone's path shown as it is)."""
     running = _runs_for(instance, day, IN_PROGRESS)
     if running:
-        return f"still running: {run_url(ui_url, running[0].run_id)} ({running[0].status.value})"
+        return Mrkdwn(f"still running: {run_url(ui_url, running[0].run_id)} ({plain(running[0].status.value)})")
     failed = _runs_for(instance, day, [DagsterRunStatus.FAILURE], limit=20)
     if materialized_at(instance, RAW_ORDERS, day) is None:
         marker = landing.day_dir(day) / SUCCESS_MARKER
         if not marker.exists():
-            return f"export not landed: {marker} does not exist yet"
+            return Mrkdwn(f"export not landed: {literal(marker)} does not exist yet")
         if failed:
-            return f"ingest failed: {run_url(ui_url, failed[0].run_id)}"
-        return "export landed but raw/orders has not been ingested (is the export sensor running?)"
+            return Mrkdwn(f"ingest failed: {run_url(ui_url, failed[0].run_id)}")
+        return Mrkdwn("export landed but raw/orders has not been ingested (is the export sensor running?)")
     if failed:
-        return f"raw/orders is loaded, the dbt build failed: {run_url(ui_url, failed[0].run_id)}"
-    return "raw/orders is loaded but fact_sales has not been built (is the daemon running?)"
+        return Mrkdwn(f"raw/orders is loaded, the dbt build failed: {run_url(ui_url, failed[0].run_id)}")
+    return Mrkdwn("raw/orders is loaded but fact_sales has not been built (is the daemon running?)")
 
 
 @dataclass(frozen=True)

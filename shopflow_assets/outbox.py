@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
+from shopflow_assets.alerts import Mrkdwn, clip, literal
 from shopflow_assets.resources.slack import MAX_MESSAGE_CHARS, Lookup, Outcome, SendResult
 
 MARKERS = "shopflow_alert_outbox_attempts"  # dynamic-partitions name of the delivery markers
@@ -351,7 +352,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
     minutes = max(1, round(summary_after / 60))
     head = (
         f":warning: DELAYED: {len(items) + more} alert(s) could not be delivered for more than {minutes} min"
-        + (f" (Slack: {last_error})" if last_error else "")
+        + (f" (Slack: {literal(last_error, 200)})" if last_error else "")
         + ". Here they are, oldest first:"
     )
     tail = "Full texts: the daemon's log (sensor shopflow_alerts). Nothing was dropped."
@@ -362,7 +363,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
             line += f" | {item['key']}"
         if item.get("link"):
             line += f" | {item['link']}"
-        line = line if len(line) <= 400 else line[:399] + "…"
+        line = clip(line, 400)  # (built of alert lines: escaped once already)
         if used + len(line) + 80 > MAX_MESSAGE_CHARS:
             lines.append(f"…and {len(items) - n + 1 + more} more (their full texts are in the daemon's log)")
             break
@@ -372,7 +373,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
         if more:
             lines.append(f"…and {more} more (their full texts are in the daemon's log)")
     lines.append(tail)
-    return "\n".join(lines)
+    return Mrkdwn("\n".join(lines))
 
 
 def _clock(timestamp: float) -> str:

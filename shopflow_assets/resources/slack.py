@@ -15,6 +15,8 @@ attempt, whether the message can be in the channel:
 Every message carries Slack message metadata, {"event_type": "shopflow_alert", "event_payload":
 {"alert_id": ...}}, so that `find_posted` can tell from the channel's history
 (conversations.history with include_all_metadata) whether an attempt of UNKNOWN outcome was posted.
+Messages are posted with link_names off and no unfurling: a name or address in an alert's outside
+text (escaped and quoted by shopflow_assets/alerts.py) mentions nobody and unfolds no preview.
 The token never appears in what this module logs or returns.
 """
 
@@ -33,6 +35,7 @@ from pydantic import Field
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from shopflow_assets.alerts import clip
 from shopflow_assets.settings import DEFAULT_SLACK_API_URL
 
 # Slack truncates a message past 40,000 characters; alerts stay far below, readable on a phone.
@@ -106,12 +109,14 @@ class ShopflowSlack(SlackResource):
 
     def send(self, text: str, alert_id: str) -> SendResult:
         """Post `text` once, tagged with `alert_id`. Never raises."""
-        text = text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+        text = clip(text, MAX_MESSAGE_CHARS)
         try:
             answer = self.get_client().chat_postMessage(
                 channel=self.channel,
                 text=text,
+                link_names=False,
                 unfurl_links=False,
+                unfurl_media=False,
                 metadata={"event_type": METADATA_EVENT_TYPE, "event_payload": {"alert_id": alert_id}},
             )
         except SlackApiError as error:
@@ -194,7 +199,7 @@ class ShopflowSlack(SlackResource):
         response = error.response
         status = response.status_code
         data = response.data if isinstance(response.data, dict) else {}
-        code = data.get("error") or ""
+        code = str(data.get("error") or "")[:80]  # (Slack's words, cut: outside text)
         detail = f"HTTP {status}" + (f" {code}" if code else "")
         if status == 429 or code == "ratelimited":
             headers = {k.lower(): v for k, v in (response.headers or {}).items()}
