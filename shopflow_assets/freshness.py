@@ -1,8 +1,10 @@
 """The 08:00 promise: yesterday's fact_sales (and daily_revenue) by 08:00 in SHOPFLOW_SLA_TIMEZONE.
 
-"Yesterday" is the last UTC day (partitions are UTC days) that ended at or before the deadline
-instant, 08:00 local: in Los Angeles or Berlin the local yesterday, in Tokyo or Kiritimati the day
-before it (at 08:00 there the local yesterday's UTC day has not ended yet).
+"Yesterday" is the last UTC day (partitions are UTC days) that ended before the deadline instant,
+08:00 local: in Los Angeles or Berlin the local yesterday, in Tokyo or Kiritimati the day before it
+(at 08:00 there the local yesterday's UTC day has not ended yet). Strictly before: where 08:00 local
+is 00:00 UTC (UTC+8: Shanghai, Perth, Singapore) the day that ends at the deadline cannot be built
+by then, and the one before it is due.
 
 Dagster's FreshnessPolicy shows the state in the UI, but judges the newest materialization of any
 partition (a backfill of an old day makes it pass) and sends nothing in open source; so the "late"
@@ -26,10 +28,33 @@ from shopflow_assets.settings import get_settings
 DEADLINE = dt.time(8, 0)
 REMEMBERED_DAYS = 31
 
-# The UI's view of the promise: materialized between 00:00 and the 08:00 deadline, every day.
+
+def deadline_of(local_day: dt.date, timezone: str) -> dt.datetime:
+    """08:00 in `timezone` on `local_day`, as an aware datetime of that zone."""
+    return dt.datetime.combine(local_day, DEADLINE, tzinfo=zoneinfo.ZoneInfo(timezone))
+
+
+def last_complete_day(instant: dt.datetime) -> dt.date:
+    """The last UTC day that ended before `instant` (day D ends at D+1 00:00 UTC)."""
+    return (instant.astimezone(dt.timezone.utc) - dt.timedelta(microseconds=1)).date() - dt.timedelta(days=1)
+
+
+def longest_wait(timezone: str, year: int = 2024) -> dt.timedelta:
+    """The longest time, over a year (summer time included), from the end of a due day to its
+    deadline: 8 h in UTC, 16 h in Los Angeles, 23 h in Tokyo, 24 h at UTC+8."""
+    longest = dt.timedelta(0)
+    for n in range(366):
+        deadline = deadline_of(dt.date(year, 1, 1) + dt.timedelta(days=n), timezone)
+        ended = dt.datetime.combine(last_complete_day(deadline) + dt.timedelta(days=1), dt.time(0), dt.timezone.utc)
+        longest = max(longest, deadline - ended)
+    return longest
+
+
+# The UI's view of the promise: materialized between the end of the day due and the 08:00
+# deadline (Dagster judges the newest materialization of any day).
 DAILY_BY_0800 = FreshnessPolicy.cron(
     deadline_cron=f"{DEADLINE.minute} {DEADLINE.hour} * * *",
-    lower_bound_delta=dt.timedelta(hours=DEADLINE.hour),
+    lower_bound_delta=longest_wait(get_settings().sla_timezone),
     timezone=get_settings().sla_timezone,
 )
 
@@ -41,34 +66,18 @@ IN_PROGRESS = [
 ]
 
 
-def deadline_of(local_day: dt.date, timezone: str) -> dt.datetime:
-    """08:00 in `timezone` on `local_day`, as an aware datetime of that zone."""
-    return dt.datetime.combine(local_day, DEADLINE, tzinfo=zoneinfo.ZoneInfo(timezone))
-
-
-def last_complete_day(instant: dt.datetime) -> dt.date:
-    """The last UTC day that ended at or before `instant` (day D ends at D+1 00:00 UTC)."""
-    return instant.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
-
-
 def due_days(now: dt.datetime, timezone: str) -> tuple[list[dt.date], dt.datetime]:
     """The partitions due by the deadline of `now`'s local day, and that deadline.
 
     "Yesterday" is the last UTC day that ended before the deadline instant, not the local
     yesterday: at 08:00 in Tokyo the UTC day of the local yesterday is still running. Usually one
-    day; none or two where a DST change moves the deadline across 00:00 UTC (UTC+8 with summer
-    time), so that every UTC day is due at exactly one deadline."""
+    day; none or two where a DST change moves the deadline across 00:00 UTC (Perth had summer time
+    2006-2009), so that every UTC day is due at exactly one deadline."""
     local_day = now.astimezone(zoneinfo.ZoneInfo(timezone)).date()
     deadline = deadline_of(local_day, timezone)
     first = last_complete_day(deadline_of(local_day - dt.timedelta(days=1), timezone)) + dt.timedelta(days=1)
     last = last_complete_day(deadline)
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)], deadline
-
-
-def due_day(now: dt.datetime, timezone: str) -> tuple[dt.date, dt.datetime]:
-    """The last UTC day due by the deadline of `now`'s local day, and that deadline."""
-    deadline = deadline_of(now.astimezone(zoneinfo.ZoneInfo(timezone)).date(), timezone)
-    return last_complete_day(deadline), deadline
 
 
 def materialized_at(instance: DagsterInstance, key: AssetKey, day: dt.date) -> dt.datetime | None:

@@ -3,9 +3,9 @@
 Off by default: with the defaults the export sensor and automation already build each landing
 exactly once; turning this on as well rebuilds yesterday once more at 02:00.
 
-"Yesterday" is the rule of the 08:00 promise (freshness.py): the last UTC day that ended at or
-before the tick. At 02:00 in Tokyo (17:00 UTC) the local yesterday's UTC day is still running, so
-the schedule asks for the day before it, a partition that exists.
+"Yesterday" is the rule of the 08:00 promise (freshness.py): the last UTC day that ended before the
+tick. At 02:00 in Tokyo (17:00 UTC) the local yesterday's UTC day is still running, so the schedule
+asks for the day before it, a partition that exists.
 """
 
 from __future__ import annotations

@@ -23,18 +23,18 @@ from .conftest import FACT_SALES, csv_text, line
 UI = get_settings().ui_url
 START = dt.date(2024, 1, 1)
 UTC = dt.timezone.utc
-ZONES = ["Asia/Tokyo", "Pacific/Kiritimati", "America/Los_Angeles", "UTC", "Europe/Berlin"]
+ZONES = ["Asia/Tokyo", "Pacific/Kiritimati", "America/Los_Angeles", "UTC", "Europe/Berlin", "Asia/Shanghai"]
 
 
 def deadline_of_day(day: dt.date, timezone: str) -> dt.datetime:
-    """When `day` is due, worked out on its own: the first 08:00 in `timezone` at or after the end
-    of `day` (00:00 UTC the next day)."""
+    """When `day` is due, worked out on its own: the first 08:00 in `timezone` after the end of
+    `day` (00:00 UTC the next day)."""
     zone = zoneinfo.ZoneInfo(timezone)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), UTC)
     local = end.astimezone(zone).date() - dt.timedelta(days=1)
     while True:
         candidate = dt.datetime.combine(local, dt.time(8), zone)
-        if candidate >= end:
+        if candidate > end:
             return candidate
         local += dt.timedelta(days=1)
 
@@ -59,7 +59,7 @@ def sweep(instance, landing, timezone: str, first: dt.datetime, last: dt.datetim
 
 @pytest.mark.parametrize("timezone", ZONES)
 def test_a_day_built_on_time_never_alerts_and_a_missing_one_alerts_once_at_its_deadline(timezone, landing, instance):
-    """Ten days around a DST change (Berlin and Los Angeles change in March): every day is built
+    """30 days around DST changes (Berlin and Los Angeles change in March): every day is built
     just after its UTC day ends, but for one. LATE for that one only, at its own deadline (and the
     next sensor tick), once; RECOVERED when it is built."""
     days = [dt.date(2024, 3, 5) + dt.timedelta(days=i) for i in range(30)]
@@ -119,6 +119,36 @@ def test_before_the_deadline_nothing_new_is_due(landing, instance):
         assert messages == [], timezone
 
 
+def test_at_utc_plus_8_the_day_ending_at_the_deadline_is_not_due_yet(landing, instance):
+    """08:00 in Shanghai is 00:00 UTC: the day that ends then cannot have been built by then. The
+    day before it is due, and LATE does not fire every morning."""
+    morning = dt.datetime(2024, 3, 2, 8, 1, tzinfo=zoneinfo.ZoneInfo("Asia/Shanghai"))
+    assert due_days(morning, "Asia/Shanghai")[0] == [dt.date(2024, 2, 29)]
+    built(instance, dt.date(2024, 2, 29))
+    messages, _ = evaluate_lateness(
+        instance, LandingZone(root=str(landing.root)), morning, LatenessState(), timezone="Asia/Shanghai",
+        ui_url=UI, start_date=START,
+    )
+    assert messages == []
+
+
+@pytest.mark.parametrize(
+    "timezone, hours",
+    [("UTC", 8), ("Europe/Berlin", 7), ("America/Los_Angeles", 16), ("Asia/Tokyo", 23), ("Pacific/Kiritimati", 18),
+     ("Asia/Shanghai", 24)],
+)
+def test_the_uis_freshness_policy_waits_from_the_end_of_the_day_due_to_its_deadline(timezone, hours):
+    """Dagster's policy counts a materialization between the deadline minus lower_bound_delta and
+    the deadline: that window must reach back to the end of the day due, or the UI says DEGRADED
+    every morning (a fixed 8 h did, east of UTC+8)."""
+    from dagster import FreshnessPolicy
+
+    from shopflow_assets.freshness import DEADLINE, longest_wait
+
+    assert longest_wait(timezone) == dt.timedelta(hours=hours)
+    FreshnessPolicy.cron(deadline_cron=f"0 {DEADLINE.hour} * * *", lower_bound_delta=longest_wait(timezone), timezone=timezone)
+
+
 def test_every_utc_day_is_due_at_exactly_one_deadline_even_where_dst_moves_it_across_midnight():
     """Perth had summer time in 2006-2009: 08:00 AWST is 00:00 UTC, 08:00 AWDT 23:00 UTC the day
     before. Over those years, and in the zones above, the deadlines' due days cover each UTC day once."""
@@ -141,7 +171,7 @@ def test_the_0200_schedule_asks_for_the_last_complete_utc_day_a_partition_that_e
         request = daily_0200_schedule(build_schedule_context(scheduled_execution_time=tick))
         day = dt.date.fromisoformat(request.partition_key)
         end_of_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), UTC)
-        assert end_of_day <= tick < end_of_day + dt.timedelta(days=1), (tick, day)  # the last that ended
+        assert end_of_day < tick <= end_of_day + dt.timedelta(days=1), (tick, day)  # the last that ended
         assert request.partition_key in daily_partitions.get_partition_keys(current_time=tick)
         assert request.run_key == request.partition_key
 
@@ -176,4 +206,4 @@ def test_a_deployment_in_the_zone_schedules_a_complete_day(timezone, tmp_path):
         tick = dt.datetime.fromisoformat(tick)
         assert tick.astimezone(zoneinfo.ZoneInfo(timezone)).time() == dt.time(2)  # the schedule's zone
         end_of_day = dt.datetime.combine(dt.date.fromisoformat(key) + dt.timedelta(days=1), dt.time(0), UTC)
-        assert end_of_day <= tick < end_of_day + dt.timedelta(days=1), (tick, key)
+        assert end_of_day < tick <= end_of_day + dt.timedelta(days=1), (tick, key)
