@@ -28,14 +28,28 @@ MARKERS, through DagsterInstance.add_dynamic_partitions (public, and written at 
 of the tick). Each message also carries Slack message metadata with its id. A message that is still
 queued but has a marker may be in the channel already: the daemon was killed (or the cursor write
 failed) between Slack's 200 and the outbox's update, or the attempt timed out. Before sending it
-again, the outbox reads the channel's history since the attempt (conversations.history with
-include_all_metadata) and takes the message as delivered if it is there. Slack's chat.postMessage has
-no idempotency key (client_msg_id is not one of its documented arguments), so the channel itself is
-the only record that can say. (It first lets IN_FLIGHT_SECONDS pass since the marked attempt began:
-the code server of a daemon killed a moment ago may still be finishing that very request.) Markers
-go once the cursor that records the outcome is stored. If the history cannot be read at all (the
-bot lacks channels:history), the outbox sends again and logs that it could not check: at least once,
-not exactly once, for that message only.
+again, the outbox looks for it in the channel's history (conversations.history with
+include_all_metadata) and takes it as delivered if it is there. Slack's chat.postMessage has no
+idempotency key (client_msg_id is not one of its documented arguments), so the channel itself is
+the only record that can say. Markers go once the cursor that records the outcome is stored. If
+the history cannot be read at all (the bot lacks channels:history), the outbox sends again and logs
+that it could not check: at least once, not exactly once, for that message only.
+
+The check never stalls the outbox:
+- It waits IN_FLIGHT_SECONDS after the doubtful attempt began (the code server of a daemon killed
+  a moment ago may still be finishing that very request), then reads only that attempt's window:
+  from its start minus CLOCK_SLACK (Slack's clock and ours may differ) to its start plus
+  IN_FLIGHT_SECONDS plus CLOCK_SLACK (`oldest`/`latest`), never "everything since".
+- Slack allows apps outside its Marketplace about one conversations.history request a minute, 15
+  messages a page: the outbox reads at most one page every HISTORY_INTERVAL seconds (the time of
+  the last read is in the cursor) and goes on with the next page on a later tick.
+- A Retry-After (of a post or of a history read) is honoured up to RETRY_AFTER_MAX: a buggy or
+  hostile `Retry-After: 99999999` holds nothing for more than 5 minutes.
+- DOUBT_BOUND (10 min) after its check began, a doubtful alert is resolved whatever the history
+  says or fails to say (Slack keeps answering 429, the window has many pages, Slack is down): the
+  outbox reads one last page if it may, then, if the alert was not found, sends it again and logs
+  that it may show twice (at least once). So an alert in doubt holds the ones behind it for at
+  most IN_FLIGHT_SECONDS + DOUBT_BOUND plus a sensor interval.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
+from shopflow_assets.alerts import Mrkdwn, clip, literal
 from shopflow_assets.resources.slack import MAX_MESSAGE_CHARS, Lookup, Outcome, SendResult
 
 MARKERS = "shopflow_alert_outbox_attempts"  # dynamic-partitions name of the delivery markers
@@ -56,13 +71,21 @@ MAX_SUMMARY_ITEMS = 60
 RECENT = 500  # ids of delivered alerts remembered, so that an event read twice is not sent twice
 BACKOFF_FIRST = 10.0
 BACKOFF_MAX = 300.0
+# A Retry-After longer than this is Slack's bug or someone else's answer: wait no longer
+RETRY_AFTER_MAX = BACKOFF_MAX
 TICK_BUDGET_SECONDS = 20.0
 # A message posted by an attempt shows in the history with a `ts` a little after the attempt's
-# start; look from well before it, in case the clocks of Slack and of this host differ.
+# start; the window looks this far on either side, in case the clocks of Slack and of this host differ.
 CLOCK_SLACK = 120.0
 # An attempt this recent may still be under way in another process (the code server of a daemon
-# killed a moment ago finishing its tick): wait for it to end before looking in the channel.
+# killed a moment ago finishing its tick): wait for it to end before looking in the channel. It is
+# also how long after its start an attempt can still have reached Slack.
 IN_FLIGHT_SECONDS = 20.0
+# conversations.history: Slack allows apps outside its Marketplace about one request a minute
+HISTORY_INTERVAL = 60.0
+# The longest an alert in doubt waits for the channel's word (from the check's start) before it is
+# sent again: the alerts behind it wait no longer than that
+DOUBT_BOUND = 600.0
 
 
 class Slack(Protocol):
@@ -70,7 +93,9 @@ class Slack(Protocol):
     def enabled(self) -> bool: ...
     def send(self, text: str, alert_id: str) -> SendResult: ...
     def probe(self) -> bool: ...
-    def find_posted(self, alert_ids: set[str], since: float, channel_id: str | None = None) -> Lookup: ...
+    def find_posted(
+        self, alert_id: str, oldest: float, latest: float, channel_id: str | None = None, cursor: str = ""
+    ) -> Lookup: ...
 
 
 class Markers(Protocol):
@@ -138,6 +163,11 @@ class OutboxState:
     summarised: int = 0
     unverified_warned: bool = False
     recent: list[str] = field(default_factory=list)  # ids delivered lately (at most RECENT)
+    history_read_at: float = 0.0  # the last conversations.history request (at most one a HISTORY_INTERVAL)
+    seen_posted: list[str] = field(default_factory=list)  # ids read in the channel's history lately (at most RECENT)
+    # the check of the alert in doubt at the head: {"id", "since" (its first tick), "oldest",
+    # "latest" (the attempt's window), "cursor" (the next page), "pages" (read so far)}
+    check: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,6 +226,9 @@ def deliver(
 
     _fold_overdue(state, held, started, summary_after, log, report)
 
+    # no wait is longer than the longest back-off, even one stored before a clock step back (or
+    # by a version that did not cap Retry-After)
+    state.not_before = min(state.not_before, started + BACKOFF_MAX * 1.2)
     if started < state.not_before:
         if state.waiting_for != "slack":
             report.waiting = f"{state.waiting_for} ({state.last_error}) until {_clock(state.not_before)}"
@@ -211,32 +244,22 @@ def deliver(
 
     while state.queue and now() - started < budget:
         alert = state.queue[0]
-        if alert.id in held and started - held[alert.id] < IN_FLIGHT_SECONDS:
+        if alert.id in held and 0 <= started - held[alert.id] < IN_FLIGHT_SECONDS:
             report.waiting = f"an attempt to send {alert.id} began {started - held[alert.id]:.0f} s ago elsewhere"
             return report
+        if alert.id in state.seen_posted:  # on a page read for an earlier check
+            log.info(f"Alert {alert.id} is already in the channel (an earlier attempt got through)")
+            _delivered(state, report.found, alert)
+            continue
         if alert.uncertain or alert.id in held:
-            since = min(held.get(alert.id, started), alert.last_attempt or alert.created) - CLOCK_SLACK
-            lookup = slack.find_posted({alert.id}, since, state.channel_id)
-            if lookup.unavailable:
-                _wait(state, now(), f"reading the channel's history: {lookup.unavailable}", retry_after=lookup.retry_after)
-                report.error = state.last_error
-                return report
-            if lookup.channel_id:
-                state.channel_id = lookup.channel_id
-            if lookup.unsupported:
-                if not state.unverified_warned:
-                    log.warning(
-                        f"Cannot read the alert channel's history ({lookup.unsupported}); give the Slack bot "
-                        "the channels:history scope (groups:history for a private channel). Until then an "
-                        "alert whose delivery is in doubt (daemon killed mid-send, Slack timeout) is sent "
-                        "again and may show twice."
-                    )
-                    state.unverified_warned = True
-            elif alert.id in lookup.found:
-                log.info(f"Alert {alert.id} is already in the channel (an earlier attempt got through)")
+            verdict = _check(state, slack, alert, held, started, now, log, report)
+            if verdict == "found":
                 _delivered(state, report.found, alert)
                 continue
-            alert.uncertain = False
+            if verdict == "wait":
+                return report
+            alert.uncertain = False  # "send": not in the channel, or no longer worth waiting for
+        state.check = {}
         try:
             markers.add(alert.id, now())  # written before the attempt; see the module's doc
         except Exception as error:  # noqa: BLE001 (storage down: no attempt without a marker)
@@ -275,6 +298,80 @@ def deliver(
     return report
 
 
+def _check(state: OutboxState, slack: Slack, alert: Alert, held: dict[str, float], started: float, now,
+           log: logging.Logger, report: DeliveryReport) -> str:
+    """Is the alert at the head, whose last attempt's outcome is unknown, in the channel? "found",
+    "send" (not there, or DOUBT_BOUND has passed: send it again), or "wait" (read the next page of
+    its window, or again after a failed read, on a later tick). See the module's doc."""
+    check = state.check
+    if check.get("id") != alert.id:
+        attempts = [t for t in (held.get(alert.id), alert.last_attempt) if t is not None] or [alert.created]
+        check = state.check = {
+            "id": alert.id,
+            "since": started,
+            "oldest": min(attempts) - CLOCK_SLACK,
+            "latest": max(attempts) + IN_FLIGHT_SECONDS + CLOCK_SLACK,
+            "cursor": "",
+            "pages": 0,
+        }
+    check["since"] = min(check["since"], started)  # (a clock stepped back: counted again from now, not from the future)
+    overdue = started - check["since"] >= DOUBT_BOUND
+    if 0 <= started - state.history_read_at < HISTORY_INTERVAL:
+        if overdue:
+            return _give_up(alert, "Slack allows one history read a minute", log)
+        report.waiting = (
+            f"checking whether {alert.id} got through: {check['pages']} page(s) of the channel read, "
+            f"the next by {_clock(state.history_read_at + HISTORY_INTERVAL)}"
+        )
+        return "wait"
+    state.history_read_at = now()
+    lookup = slack.find_posted(alert.id, check["oldest"], check["latest"], state.channel_id, check["cursor"])
+    if lookup.channel_id:
+        state.channel_id = lookup.channel_id
+    queued = {a.id for a in state.queue}
+    state.seen_posted = (state.seen_posted + sorted((lookup.seen & queued) - {alert.id}))[-RECENT:]
+    if lookup.found:
+        log.info(f"Alert {alert.id} is already in the channel (an earlier attempt got through)")
+        return "found"
+    if lookup.unsupported:
+        if not state.unverified_warned:
+            log.warning(
+                f"Cannot read the alert channel's history ({lookup.unsupported}); give the Slack bot "
+                "the channels:history scope (groups:history for a private channel). Until then an "
+                "alert whose delivery is in doubt (daemon killed mid-send, Slack timeout) is sent "
+                "again and may show twice."
+            )
+            state.unverified_warned = True
+        return "send"
+    if lookup.unavailable:
+        if overdue:
+            return _give_up(alert, f"reading the channel's history: {lookup.unavailable}", log)
+        _wait(state, now(), f"reading the channel's history: {lookup.unavailable}", retry_after=lookup.retry_after)
+        state.not_before = min(state.not_before, check["since"] + DOUBT_BOUND)  # the bound holds
+        report.error = state.last_error
+        return "wait"
+    check["pages"] += 1
+    if not lookup.next_cursor:
+        return "send"  # the whole window read: not there
+    check["cursor"] = lookup.next_cursor
+    if overdue:
+        return _give_up(alert, f"{check['pages']} page(s) of the channel read, more to read", log)
+    report.waiting = (
+        f"checking whether {alert.id} got through: {check['pages']} page(s) of the channel read, "
+        f"the next by {_clock(state.history_read_at + HISTORY_INTERVAL)}"
+    )
+    return "wait"
+
+
+def _give_up(alert: Alert, why: str, log: logging.Logger) -> str:
+    log.warning(
+        f"Alert {alert.id}: could not tell within {DOUBT_BOUND / 60:.0f} min whether its last attempt "
+        f"reached the channel ({why}); sending it again, so that the alerts behind it are not held "
+        "up. It may show twice."
+    )
+    return "send"
+
+
 def _delivered(state: OutboxState, ids: list[str], alert: Alert) -> None:
     state.queue.pop(0)
     state.delivered += 1
@@ -282,6 +379,7 @@ def _delivered(state: OutboxState, ids: list[str], alert: Alert) -> None:
     ids.append(alert.id)
     state.failures, state.not_before, state.waiting_for, state.last_error = 0, 0.0, "", ""
     state.probe_failed = state.unreachable = False
+    state.check = {}
 
 
 def _forget(markers: Markers, alert_id: str, log: logging.Logger) -> None:
@@ -296,7 +394,7 @@ def _wait(state: OutboxState, at: float, error: str, *, retry_after=None, config
     state.last_error = error
     state.probe_failed = state.unreachable = False
     if retry_after is not None:
-        state.waiting_for, delay = "rate_limit", retry_after
+        state.waiting_for, delay = "rate_limit", min(retry_after, RETRY_AFTER_MAX)
     else:
         state.waiting_for = "configuration" if configuration else "slack"
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (state.failures - 1)) * random.uniform(0.8, 1.2)
@@ -351,7 +449,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
     minutes = max(1, round(summary_after / 60))
     head = (
         f":warning: DELAYED: {len(items) + more} alert(s) could not be delivered for more than {minutes} min"
-        + (f" (Slack: {last_error})" if last_error else "")
+        + (f" (Slack: {literal(last_error, 200)})" if last_error else "")
         + ". Here they are, oldest first:"
     )
     tail = "Full texts: the daemon's log (sensor shopflow_alerts). Nothing was dropped."
@@ -362,7 +460,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
             line += f" | {item['key']}"
         if item.get("link"):
             line += f" | {item['link']}"
-        line = line if len(line) <= 400 else line[:399] + "…"
+        line = clip(line, 400)  # (built of alert lines: escaped once already)
         if used + len(line) + 80 > MAX_MESSAGE_CHARS:
             lines.append(f"…and {len(items) - n + 1 + more} more (their full texts are in the daemon's log)")
             break
@@ -372,7 +470,7 @@ def delayed_message(items: list[dict], more: int, summary_after: float, last_err
         if more:
             lines.append(f"…and {more} more (their full texts are in the daemon's log)")
     lines.append(tail)
-    return "\n".join(lines)
+    return Mrkdwn("\n".join(lines))
 
 
 def _clock(timestamp: float) -> str:

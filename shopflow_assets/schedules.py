@@ -2,12 +2,15 @@
 
 Off by default: with the defaults the export sensor and automation already build each landing
 exactly once; turning this on as well rebuilds yesterday once more at 02:00.
+
+"Yesterday" is the rule of the 08:00 promise (freshness.py): the last UTC day that ended before the
+tick. At 02:00 in Tokyo (17:00 UTC) the local yesterday's UTC day is still running, so the schedule
+asks for the day before it, a partition that exists.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 
 from dagster import (
     AssetSelection,
@@ -19,6 +22,7 @@ from dagster import (
 )
 
 from shopflow_assets.asset_keys import RAW_ORDERS
+from shopflow_assets.freshness import last_complete_day
 from shopflow_assets.partitions import daily_partitions
 from shopflow_assets.settings import get_settings
 
@@ -36,9 +40,9 @@ shopflow_daily_job = define_asset_job(
     cron_schedule="0 2 * * *",
     execution_timezone=get_settings().sla_timezone,
     default_status=DefaultScheduleStatus.STOPPED,
-    description="At 02:00 (SHOPFLOW_SLA_TIMEZONE), every asset for yesterday. Off by default.",
+    description="At 02:00 (SHOPFLOW_SLA_TIMEZONE), every asset for the last complete UTC day. Off by default.",
 )
 def daily_0200_schedule(context: ScheduleEvaluationContext) -> RunRequest:
-    local = context.scheduled_execution_time.astimezone(zoneinfo.ZoneInfo(get_settings().sla_timezone))
-    yesterday = (local.date() - dt.timedelta(days=1)).isoformat()
+    tick = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+    yesterday = last_complete_day(tick).isoformat()
     return RunRequest(run_key=yesterday, partition_key=yesterday)

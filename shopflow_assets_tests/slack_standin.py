@@ -7,13 +7,18 @@ It behaves like Slack for everything the alert outbox relies on (docs.slack.dev/
   `{"ok": true, "channel": <ID>, "ts": ..., "message": {...}}`; an unknown channel is
   `{"ok": false, "error": "channel_not_found"}` with HTTP 200, as Slack does.
 - `conversations.history`: the channel by ID only (a name is `channel_not_found`, as on Slack),
-  newest first, `oldest`/`latest` exclusive unless `inclusive`, `limit` (default 100, at most 999),
-  cursor pagination (`has_more`, `response_metadata.next_cursor`), and each message's `metadata`
-  only with `include_all_metadata=true`.
+  newest first, `oldest`/`latest` exclusive unless `inclusive`, cursor pagination (`has_more`,
+  `response_metadata.next_cursor`), and each message's `metadata` only with
+  `include_all_metadata=true`. With the limits Slack sets for apps outside its Marketplace (2025):
+  at most `history_page_max` (15) messages a page whatever `limit` asks, and one request per
+  `history_interval` (60 s): an earlier one is answered HTTP 429 with the `Retry-After` left.
 - `conversations.list` (channels with `id` and `name`, cursor pagination) and `api.test`.
 - Slack's failure answers: HTTP 429 with `Retry-After` and `{"ok": false, "error": "ratelimited"}`
   (nothing posted), HTTP 5xx (nothing posted), refused connections (`refuse_connections()`: the
   port is closed until `accept_connections()`).
+
+Time is `clock` (time.time; a test may give its own): the messages' `ts` and the history's rate
+limit follow it. `add_message` puts someone else's message in the channel (a busy channel).
 
 And it can hold the answer to the next post (`hold_next_post()`): the message is in the channel, as
 when Slack has answered 200, but the poster never reads the answer until `release()`. That is the
@@ -24,9 +29,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +73,10 @@ class SlackStandIn:
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold: threading.Event | None = None
     held: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.time
+    history_page_max: int = 15
+    history_interval: float | None = 60.0
+    _last_history: float | None = None
     _last_ts: float = 0.0
     _thread: threading.Thread | None = None
 
@@ -85,6 +96,16 @@ class SlackStandIn:
 
     def post_requests(self) -> list[Received]:
         return [r for r in self.requests if r.path.endswith("/chat.postMessage")]
+
+    def history_requests(self) -> list[Received]:
+        return [r for r in self.requests if r.path.endswith("/conversations.history")]
+
+    def add_message(self, text: str, metadata: dict | None = None, ts: float | None = None) -> str:
+        """Someone else's message in the channel, at `ts` (now by `clock` if not given)."""
+        with self.lock:
+            stamp = f"{ts:.6f}" if ts is not None else self.next_ts()
+            self.posted.append(Posted(CHANNEL_ID, stamp, text, metadata, time.time()))
+            return stamp
 
     # failure modes ------------------------------------------------------------------------
 
@@ -142,9 +163,15 @@ class SlackStandIn:
         return next((cid for cid, cname in self.channels.items() if cname == name), None)
 
     def next_ts(self) -> str:
-        now = max(time.time(), self._last_ts + 0.000001)
+        now = max(self.clock(), self._last_ts + 0.000001)
         self._last_ts = now
         return f"{now:.6f}"
+
+    def history_wait(self) -> float:
+        """Seconds before conversations.history may be asked again (0: now)."""
+        if self.history_interval is None or self._last_history is None:
+            return 0.0
+        return max(0.0, self._last_history + self.history_interval - self.clock())
 
     def post_message(self, body: dict) -> dict:
         channel = self.channel_id(str(body.get("channel") or ""))
@@ -171,12 +198,12 @@ class SlackStandIn:
             return {"ok": False, "error": "channel_not_found"}
         inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
         oldest = float(args.get("oldest") or 0)
-        latest = float(args.get("latest") or time.time() + 1)
-        limit = max(1, min(int(args.get("limit") or 100), 999))
+        latest = float(args.get("latest") or self.clock() + 1)
+        limit = max(1, min(int(args.get("limit") or 100), 999, self.history_page_max))
         with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
         messages = [
             p
-            for p in reversed(self.posted)
+            for p in sorted(self.posted, key=lambda p: float(p.ts), reverse=True)
             if p.channel == channel
             and (oldest <= float(p.ts) <= latest if inclusive else oldest < float(p.ts) < latest)
         ]
@@ -237,13 +264,18 @@ def start_slack_standin() -> SlackStandIn:
                             if f[2] == method:
                                 f[3] -= 1
                     failure = None
+                wait = standin.history_wait() if method == "conversations.history" else 0.0
                 if failure is not None:
                     standin.failures.remove(failure)
                     status, headers = failure[0], failure[1]
                 elif standin.outage_status is not None:
                     status, headers = standin.outage_status, {}
+                elif wait > 0:
+                    status, headers = 429, {"Retry-After": str(math.ceil(wait))}
                 else:
                     status, headers = 200, {}
+                if method == "conversations.history" and status == 200:
+                    standin._last_history = standin.clock()
                 record.status = status
                 hold = None
                 error_answer = next((e for e in standin.errors if e[0] == method), None) if status == 200 else None

@@ -138,20 +138,34 @@ def of_kind(slack_server, kind: str) -> list[str]:
 
 
 def test_the_watchdog_tells_a_live_worker_from_a_dead_or_reused_pid():
-    """(In process, no daemon.) A worker is alive only if its pid runs and started before its run."""
-    from shopflow_assets.sensors.run_watchdog import process_start_time
+    """(In process, no daemon.) A process is known by its pid and its start in clock ticks after
+    boot; a run worker by its command line (a code server's spawn child). test_watchdog.py has the
+    rest, with runs."""
+    import multiprocessing
 
-    started = process_start_time(os.getpid())
-    assert started is not None and abs(started - time.time()) < 24 * 3600 and started <= time.time()
-    child = subprocess.Popen(["sleep", "30"])
+    from shopflow_assets.sensors.run_watchdog import is_run_worker, read_process
+
+    me = read_process(os.getpid())
+    assert me is not None and me.start_ticks > 0 and me.argv
+    worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))  # as a code server starts one
+    other = subprocess.Popen(["sleep", "30"])
+    worker.start()
     try:
-        assert process_start_time(child.pid) >= started  # a live process, started later than us
-        child.kill()
+        deadline = time.monotonic() + 30
+        while not (found := read_process(worker.pid)).argv:  # (empty while the child is still in exec)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert found.start_ticks >= me.start_ticks  # a live process, started later than us
+        assert is_run_worker(found, "any-run") and not is_run_worker(read_process(other.pid), "any-run")
+        assert read_process(worker.pid) == found  # the same identity, tick after tick
+        for process in (worker, other):
+            process.kill()
         time.sleep(0.2)
-        assert process_start_time(child.pid) is None  # a zombie: it has exited, unread
+        assert read_process(worker.pid) is None and read_process(other.pid) is None  # zombies: exited, unread
     finally:
-        child.wait()
-    assert process_start_time(child.pid) is None  # gone
+        worker.join()
+        other.wait()
+    assert read_process(worker.pid) is None  # gone
 
 
 def alert_ticks_until(daemon: Daemon, mark: int, words: str) -> int:
@@ -216,7 +230,7 @@ def test_slack_outage_daemon_kills_and_a_429_lose_no_alert_and_send_none_twice(d
     assert 1 <= ticks <= 2  # within two sensor intervals
     (broke,) = of_kind(slack_server, "BROKE")
     assert f"BROKE: raw/orders for {broken} failed" in broke
-    assert f"• Error: dt={broken}/part-7.csv line 1 (header): missing required column 'discount'" in broke
+    assert f"• Error: `dt={broken}/part-7.csv line 1 (header): missing required column 'discount'" in broke
     (ready,) = of_kind(slack_server, "READY")
     assert ready.startswith(f":white_check_mark: READY: fact_sales for {good} landed") and "• Net revenue: 19.00" in ready
     kinds = [kind_of(m) for m in slack_server.delivered]
@@ -295,10 +309,10 @@ def test_a_run_whose_worker_and_code_server_die_does_not_hold_up_the_next_day(da
     wait_for(lambda: of_kind(slack_server, "BROKE"), 60, "the BROKE of the dead run", daemon)
     (broke,) = of_kind(slack_server, "BROKE")
     assert f"for {dead_day} failed" in broke and "• Step: raw__orders" in broke
-    assert f"• Error: Run worker lost: the process that ran this run (pid {worker}) is gone" in broke
+    assert f"• Error: `Run worker lost: the process that ran this run (pid {worker}) is gone" in broke
 
     # the dead run's day rebuilds when re-run, with the command its alert gives
-    rerun = next(l for l in broke.splitlines() if l.startswith("• Re-run: ")).removeprefix("• Re-run: ")
+    rerun = next(l for l in broke.splitlines() if l.startswith("• Re-run: ")).removeprefix("• Re-run: ").strip("`")
     env = dict(daemon.env, PATH=f"{BIN}{os.pathsep}{daemon.env.get('PATH', '')}")
     result = subprocess.run(rerun, shell=True, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

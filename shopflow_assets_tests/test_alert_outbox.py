@@ -12,7 +12,18 @@ import time
 import pytest
 from dagster import DagsterInstance
 
-from shopflow_assets.outbox import MARKERS, Alert, InstanceMarkers, OutboxState, deliver
+from shopflow_assets.outbox import (
+    BACKOFF_MAX,
+    CLOCK_SLACK,
+    DOUBT_BOUND,
+    HISTORY_INTERVAL,
+    IN_FLIGHT_SECONDS,
+    MARKERS,
+    Alert,
+    InstanceMarkers,
+    OutboxState,
+    deliver,
+)
 from shopflow_assets.resources.slack import ShopflowSlack
 
 from .conftest import SLACK_TOKEN
@@ -247,3 +258,129 @@ def test_the_token_is_in_no_log_line(slack_server, markers, clock, caplog):
         tick(state, slack, markers, clock)
     assert state.last_error and SLACK_TOKEN not in caplog.text and SLACK_TOKEN not in str(state.to_json())
     assert MARKERS  # (the markers' name is part of the instance's dynamic partitions, not of the cursor)
+
+
+# The outbox never stalls (issue 18, point 8): Retry-After capped, history read for the attempt's
+# window only, one page a minute, and an alert in doubt resolved within DOUBT_BOUND.
+
+
+def ticks_until(predicate, state, slack, markers, clock, every: float = 5.0, limit: float = 3600.0) -> float:
+    """Ticks every `every` (fake) seconds until `predicate()`; how long that took."""
+    began = clock()
+    while not predicate():
+        assert clock() - began < limit, "the outbox never got there"
+        clock.advance(every)
+        tick(state, slack, markers, clock)
+    return clock() - began
+
+
+@pytest.mark.parametrize("retry_after", ["100000000", "inf", "nan", "-5", "soon", "1e308"])
+def test_a_hostile_retry_after_holds_the_outbox_at_most_five_minutes(retry_after, slack, slack_server, markers, clock):
+    slack_server.clock = clock
+    state = OutboxState()
+    state.enqueue([alert(1, clock), alert(2, clock)])
+    slack_server.fail_next((429, {"Retry-After": retry_after}))
+    report = tick(state, slack, markers, clock)
+    assert report.sent == [] and state.waiting_for == "rate_limit"
+    assert 0 <= state.not_before - clock() <= BACKOFF_MAX  # capped
+    waited = ticks_until(lambda: len(slack_server.delivered) == 2, state, slack, markers, clock)
+    assert waited <= BACKOFF_MAX + 5
+    assert [r.status for r in slack_server.post_requests()] == [429, 200, 200]
+
+
+def test_a_retry_after_stored_before_the_cap_does_not_hold_the_outbox(slack, slack_server, markers, clock):
+    """A cursor written by a version without the cap (or before the clock stepped back)."""
+    state = OutboxState.from_json({"queue": [vars(alert(1, clock))], "not_before": clock() + 1e8,
+                                   "waiting_for": "rate_limit", "last_error": "HTTP 429 ratelimited"})
+    waited = ticks_until(lambda: len(slack_server.delivered) == 1, state, slack, markers, clock)
+    assert waited <= BACKOFF_MAX * 1.2 + 5
+
+
+def crash_after_posting(stored: OutboxState, slack, markers, clock) -> float:
+    """The daemon dies after Slack took every queued alert and before the cursor is stored: the
+    restarted daemon starts again from `stored`. Returns the time of the attempts."""
+    at = clock()
+    assert tick(copy.deepcopy(stored), slack, markers, clock).sent  # ... and this state is lost
+    return at
+
+
+def test_history_is_read_for_the_attempts_window_only(slack, slack_server, markers, clock):
+    slack_server.clock = clock
+    old = slack_server.add_message("an older message", ts=clock() - 3600)
+    stored = OutboxState()
+    stored.enqueue([alert(1, clock)])
+    at = crash_after_posting(stored, slack, markers, clock)
+    clock.advance(31)
+    assert tick(stored, slack, markers, clock).found == ["test:1"]
+    (history,) = slack_server.history_requests()
+    assert float(history.body["oldest"]) == pytest.approx(at - CLOCK_SLACK, abs=0.01)
+    assert float(history.body["latest"]) == pytest.approx(at + IN_FLIGHT_SECONDS + CLOCK_SLACK, abs=0.01)
+    assert float(history.body["latest"]) - float(history.body["oldest"]) < 300  # not "everything since"
+    assert int(history.body["limit"]) <= 15 and float(old) < float(history.body["oldest"])
+
+
+def test_a_busy_channel_is_read_one_page_a_minute_and_the_alert_found_on_a_later_page(slack, slack_server, markers, clock):
+    slack_server.clock = clock
+    stored = OutboxState()
+    stored.enqueue([alert(1, clock)])
+    at = crash_after_posting(stored, slack, markers, clock)
+    # 40 newer messages in the attempt's window, some with metadata that is not ours or is garbage
+    for n in range(40):
+        metadata = [None, {"event_type": "shopflow_alert", "event_payload": "garbage"},
+                    {"event_type": "shopflow_alert", "event_payload": {"alert_id": ["test:1"]}},
+                    {"event_type": "other_app", "event_payload": {"alert_id": "test:1"}}][n % 4]
+        slack_server.add_message(f"someone else {n}", metadata, ts=at + 1 + n * 2)
+    stored.enqueue([alert(2, clock)])  # written after the restart: not in doubt
+
+    clock.advance(IN_FLIGHT_SECONDS + 1)
+    waited = ticks_until(lambda: not stored.queue, stored, slack, markers, clock)
+
+    history = slack_server.history_requests()
+    assert len(history) == 3  # 15 + 15 newer messages, then the page with test:1
+    assert [r.status for r in history] == [200, 200, 200]  # never faster than Slack allows
+    assert [bool(r.body.get("cursor")) for r in history] == [False, True, True]
+    assert 2 * HISTORY_INTERVAL <= waited <= 2 * HISTORY_INTERVAL + 5
+    ids = [p.metadata["event_payload"]["alert_id"] for p in slack_server.posted if p.metadata and p.metadata.get("event_type") == "shopflow_alert" and isinstance(p.metadata["event_payload"], dict) and isinstance(p.metadata["event_payload"]["alert_id"], str)]
+    assert ids == ["test:1", "test:2"]  # test:1 once, and test:2 after it
+
+
+def test_history_that_slack_keeps_rate_limiting_holds_the_queue_no_longer_than_the_bound(slack, slack_server, markers, clock, caplog):
+    slack_server.clock = clock
+    state = OutboxState()
+    state.enqueue([alert(1, clock), alert(2, clock), alert(3, clock)])
+    slack_server.fail_next((502, {}))  # test:1's outcome unknown (not posted)
+    tick(state, slack, markers, clock)
+    assert state.queue[0].uncertain
+    slack_server.fail_next(*[(429, {"Retry-After": "99999999"})] * 100, method="conversations.history")
+
+    clock.advance(IN_FLIGHT_SECONDS + 1)
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        waited = ticks_until(lambda: len(slack_server.delivered) == 3, state, slack, markers, clock)
+
+    assert waited <= DOUBT_BOUND + 5
+    assert slack_server.delivered == [alert(n, clock).text for n in (1, 2, 3)]  # in order, each once
+    assert "may show twice" in caplog.text and "test:1" in caplog.text
+    assert len(slack_server.history_requests()) <= DOUBT_BOUND / HISTORY_INTERVAL + 1
+
+
+def test_a_window_with_more_pages_than_the_bound_allows_is_resolved_by_sending_again(slack, slack_server, markers, clock, caplog):
+    slack_server.clock = clock
+    state = OutboxState()
+    state.enqueue([alert(1, clock), alert(2, clock)])
+    at = clock()
+    slack_server.fail_next((502, {}))
+    tick(state, slack, markers, clock)
+    for n in range(300):  # 20 pages of other messages in test:1's window
+        slack_server.add_message(f"someone else {n}", ts=at - CLOCK_SLACK + 1 + n * 0.8)
+
+    clock.advance(IN_FLIGHT_SECONDS + 1)
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        waited = ticks_until(lambda: not state.queue, state, slack, markers, clock)
+
+    assert waited <= DOUBT_BOUND + 5
+    history = slack_server.history_requests()
+    assert all(r.status == 200 for r in history) and len(history) <= DOUBT_BOUND / HISTORY_INTERVAL + 1
+    assert len({(r.body["oldest"], r.body["latest"]) for r in history}) == 1  # one window, paged
+    assert "could not tell within 10 min" in caplog.text
+    assert [t.splitlines()[0] for t in slack_server.delivered if t.startswith(":red")] == [
+        ":red_circle: BROKE: alert 1", ":red_circle: BROKE: alert 2"]

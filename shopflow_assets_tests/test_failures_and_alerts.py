@@ -22,7 +22,7 @@ from dagster_dbt import DbtCliResource
 
 from shopflow_assets.assets.dbt import classify_dbt_failure
 from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.freshness import LatenessState, due_day, evaluate_lateness
+from shopflow_assets.freshness import LatenessState, due_days, evaluate_lateness
 from shopflow_assets.orders_loader import REQUIRED_COLUMNS
 from shopflow_assets.resources import LandingZone
 from shopflow_assets.sensors.alerting import AlertsCursor, alerts_sensor
@@ -52,8 +52,8 @@ def alert_ticks(instance: DagsterInstance, slack, landing, cursor: str | None = 
     alerts of new events to the outbox, the next delivers them). Without a cursor it starts at the
     beginning of the event log, with today's LATE already sent (that one is about the real date)."""
     if cursor is None:
-        today_due = str(due_day(dt.datetime.now(dt.timezone.utc), get_settings().sla_timezone)[0])
-        cursor = AlertsCursor(failures_after=0, ready_after=0, lateness=LatenessState(late=[today_due])).dump()
+        today_due = [str(d) for d in due_days(dt.datetime.now(dt.timezone.utc), get_settings().sla_timezone)[0]]
+        cursor = AlertsCursor(failures_after=0, ready_after=0, lateness=LatenessState(late=today_due)).dump()
     for _ in range(ticks):
         context = build_sensor_context(
             instance=instance, cursor=cursor, resources={"slack": slack, "landing": LandingZone(root=str(landing.root))}
@@ -87,13 +87,13 @@ def test_permanent_failure_runs_once_and_sends_one_actionable_broke_message(
     assert "• Day: 2024-03-01" in message
     assert "• Step: raw__orders" in message
     assert (
-        "• Error: dt=2024-03-01/part-7.csv line 1 (header): missing required column 'discount'"
+        "• Error: `dt=2024-03-01/part-7.csv line 1 (header): missing required column 'discount'"
         in message
     )
     assert f"• Run: {UI}/runs/{result.run_id}" in message
     assert (
-        "• Re-run: dagster asset materialize -m shopflow_assets.definitions "
-        "--select 'daily_revenue,fact_sales,raw/orders' --partition 2024-03-01" in message
+        "• Re-run: `dagster asset materialize -m shopflow_assets.definitions "
+        "--select 'daily_revenue,fact_sales,raw/orders' --partition 2024-03-01`" in message
     )
     assert "Traceback" not in message and 'File "' not in message and len(message) < 3000
     (request,) = slack_server.requests
@@ -187,7 +187,7 @@ def test_failed_dbt_test_is_a_broke_alert_and_stops_the_rollup(run, landing, war
     (message,) = [m for m in slack_server.delivered if "BROKE" in m]  # (fact_sales itself was built: READY)
     assert "BROKE" in message and "• Day: 2024-03-01" in message and "• Step: shopflow_dbt_models" in message
     assert message.startswith(":red_circle: BROKE: daily_revenue for 2024-03-01 failed")  # fact_sales was built
-    assert "• Failed dbt tests: fact_sales:expression_is_true_fact_sales_quantity__quantity_1" in message
+    assert "• Failed dbt tests: `fact_sales:expression_is_true_fact_sales_quantity__quantity_1`" in message
     assert "expression_is_true_fact_sales_quantity__quantity_1 fail" in message  # the one-line error
 
 
@@ -221,7 +221,7 @@ def test_the_alert_names_the_error_under_exhausted_retries(run, landing, instanc
     assert not result.success and len(events_of(result, "STEP_UP_FOR_RETRY")) == 4
     alert_for_failed_run(instance, result.run_id, slack, landing)
     (message,) = slack_server.delivered
-    assert f"• Error: The export of 2024-03-01 has not finished: {landing.day_dir(DAY)}/_SUCCESS is missing." in message
+    assert f"• Error: `The export of 2024-03-01 has not finished: {landing.day_dir(DAY)}/_SUCCESS is missing." in message
 
 
 def test_slack_refusals_delay_the_alert_to_later_ticks_and_it_arrives_once(landing, run, instance, slack, slack_server):
@@ -266,8 +266,8 @@ def test_late_at_0801_once_then_recovered(run, landing, instance):
     (late,) = [m.text for m in messages]
     assert late.startswith(":alarm_clock: LATE: fact_sales for 2024-03-01 is not ready (due 2024-03-02 08:00 UTC)")
     assert "• Due since: 2024-03-02T08:00+00:00" in late
-    assert f"• Why: export not landed: {landing.day_dir(DAY)}/_SUCCESS does not exist yet" in late
-    assert f"• Asset: {UI}/assets/fact_sales?view=partitions&partition=2024-03-01" in late
+    assert f"• Why: export not landed: `{landing.day_dir(DAY)}/_SUCCESS` does not exist yet" in late
+    assert f"• Asset: {UI}/assets/fact_sales?view=partitions&amp;partition=2024-03-01" in late  # (& escaped)
     assert "--select 'raw/orders*' --partition 2024-03-01" in late
 
     # never twice for the same day

@@ -144,10 +144,13 @@ def test_export_sensor_tick_is_fast_with_years_of_days(landing):
     assert again < 30  # Dagster's sensor time limit is 60 s
 
 
-def test_schedule_requests_yesterday_in_the_sla_timezone():
+def test_schedule_requests_the_last_complete_utc_day():
     context = build_schedule_context(scheduled_execution_time=dt.datetime(2024, 3, 2, 2, 0, tzinfo=dt.timezone.utc))
     request = daily_0200_schedule(context)
     assert request.partition_key == "2024-03-01"
+    # 02:00 in Tokyo is 17:00 UTC the day before: the local yesterday (03-01) has not ended
+    tokyo = dt.datetime(2024, 3, 2, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    assert daily_0200_schedule(build_schedule_context(scheduled_execution_time=tokyo)).partition_key == "2024-02-29"
     assert daily_0200_schedule.default_status.value == "STOPPED"
     assert daily_0200_schedule.cron_schedule == "0 2 * * *"
 

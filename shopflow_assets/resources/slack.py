@@ -15,6 +15,11 @@ attempt, whether the message can be in the channel:
 Every message carries Slack message metadata, {"event_type": "shopflow_alert", "event_payload":
 {"alert_id": ...}}, so that `find_posted` can tell from the channel's history
 (conversations.history with include_all_metadata) whether an attempt of UNKNOWN outcome was posted.
+It reads one page of at most HISTORY_PAGE messages per call, between `oldest` and `latest`: Slack
+allows apps outside its Marketplace about one conversations.history request a minute and 15
+messages a page, so the outbox pages through a window across ticks.
+Messages are posted with link_names off and no unfurling: a name or address in an alert's outside
+text (escaped and quoted by shopflow_assets/alerts.py) mentions nobody and unfolds no preview.
 The token never appears in what this module logs or returns.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import enum
 import http.client
 import logging
+import math
 import re
 import socket
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from pydantic import Field
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from shopflow_assets.alerts import clip
 from shopflow_assets.settings import DEFAULT_SLACK_API_URL
 
 # Slack truncates a message past 40,000 characters; alerts stay far below, readable on a phone.
@@ -40,7 +47,8 @@ MAX_MESSAGE_CHARS = 3000
 METADATA_EVENT_TYPE = "shopflow_alert"
 # conversations.history: at most 15 messages a page for apps outside the Slack Marketplace (2025)
 HISTORY_PAGE = 15
-HISTORY_MAX_PAGES = 10
+# A 429 without a usable Retry-After (missing, not a number): wait this long
+DEFAULT_RETRY_AFTER = 60.0
 
 # Answers that retrying soon will not change: the fix is in Slack's or our configuration.
 CONFIGURATION_ERRORS = {
@@ -70,13 +78,17 @@ class SendResult:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What the channel's history says about some alerts: the ones found there, or why it cannot tell.
+    """What one page of the channel's history says about an alert, or why it cannot tell.
 
-    `unavailable`: Slack did not answer (try again later); `unsupported`: it answered that it will not
-    (no channels:history scope, say): the outbox then can no longer tell, and says so in its log."""
+    `found`: the alert is on this page; `next_cursor`: the window has more pages (read them on
+    later calls); `unavailable`: Slack did not answer (try again later); `unsupported`: it answered
+    that it will not (no channels:history scope, say): the outbox then can no longer tell, and says
+    so in its log."""
 
-    found: frozenset[str] = frozenset()
+    found: bool = False
+    seen: frozenset[str] = frozenset()  # every alert id on the page (the asked one or others)
     channel_id: str | None = None
+    next_cursor: str = ""
     unavailable: str = ""
     unsupported: str = ""
     retry_after: float | None = None
@@ -106,12 +118,14 @@ class ShopflowSlack(SlackResource):
 
     def send(self, text: str, alert_id: str) -> SendResult:
         """Post `text` once, tagged with `alert_id`. Never raises."""
-        text = text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+        text = clip(text, MAX_MESSAGE_CHARS)
         try:
             answer = self.get_client().chat_postMessage(
                 channel=self.channel,
                 text=text,
+                link_names=False,
                 unfurl_links=False,
+                unfurl_media=False,
                 metadata={"event_type": METADATA_EVENT_TYPE, "event_payload": {"alert_id": alert_id}},
             )
         except SlackApiError as error:
@@ -134,8 +148,11 @@ class ShopflowSlack(SlackResource):
 
     # reading the channel ----------------------------------------------------------------------
 
-    def find_posted(self, alert_ids: set[str], since: float, channel_id: str | None = None) -> Lookup:
-        """Which of `alert_ids` are in the channel, among its messages newer than `since` (epoch s).
+    def find_posted(
+        self, alert_id: str, oldest: float, latest: float, channel_id: str | None = None, cursor: str = ""
+    ) -> Lookup:
+        """Is `alert_id` among the channel's messages between `oldest` and `latest` (epoch s)? One
+        page of the answer: the first, or the one `cursor` (a Lookup's next_cursor) points at.
 
         Reads conversations.history (scope channels:history, or groups:history for a private
         channel), which wants the channel's ID: `channel_id` if known, else SHOPFLOW_SLACK_CHANNEL if
@@ -145,25 +162,25 @@ class ShopflowSlack(SlackResource):
             channel_id = channel_id or self._channel_id(client)
             if channel_id is None:
                 return Lookup(unsupported=f"channel {self.channel} not found by conversations.list")
-            found, cursor = set(), None
-            for _ in range(HISTORY_MAX_PAGES):
-                page = client.conversations_history(
-                    channel=channel_id,
-                    oldest=f"{since:.6f}",
-                    limit=HISTORY_PAGE,
-                    include_all_metadata=True,
-                    **({"cursor": cursor} if cursor else {}),
-                )
-                for message in page.get("messages") or []:
-                    metadata = message.get("metadata") or {}
-                    if metadata.get("event_type") == METADATA_EVENT_TYPE:
-                        alert_id = (metadata.get("event_payload") or {}).get("alert_id")
-                        if alert_id in alert_ids:
-                            found.add(alert_id)
-                cursor = (page.get("response_metadata") or {}).get("next_cursor")
-                if found == alert_ids or not page.get("has_more") or not cursor:
-                    return Lookup(frozenset(found), channel_id)
-            return Lookup(frozenset(found), channel_id)  # more than 150 messages since: enough
+            page = client.conversations_history(
+                channel=channel_id,
+                oldest=f"{oldest:.6f}",
+                latest=f"{latest:.6f}",
+                inclusive=True,
+                limit=HISTORY_PAGE,
+                include_all_metadata=True,
+                **({"cursor": cursor} if cursor else {}),
+            )
+            seen = set()
+            for message in page.get("messages") or []:
+                metadata = message.get("metadata") if isinstance(message, dict) else None
+                if isinstance(metadata, dict) and metadata.get("event_type") == METADATA_EVENT_TYPE:
+                    payload = metadata.get("event_payload")
+                    if isinstance(payload, dict) and isinstance(payload.get("alert_id"), str):
+                        seen.add(payload["alert_id"])
+            found = alert_id in seen
+            more = (page.get("response_metadata") or {}).get("next_cursor") if page.get("has_more") else ""
+            return Lookup(found, frozenset(seen), channel_id, next_cursor=str(more or "") if not found else "")
         except SlackApiError as error:
             result = self._api_error(error)
             if result.configuration:
@@ -194,7 +211,7 @@ class ShopflowSlack(SlackResource):
         response = error.response
         status = response.status_code
         data = response.data if isinstance(response.data, dict) else {}
-        code = data.get("error") or ""
+        code = str(data.get("error") or "")[:80]  # (Slack's words, cut: outside text)
         detail = f"HTTP {status}" + (f" {code}" if code else "")
         if status == 429 or code == "ratelimited":
             headers = {k.lower(): v for k, v in (response.headers or {}).items()}
@@ -203,8 +220,11 @@ class ShopflowSlack(SlackResource):
             try:
                 retry_after = max(float(value), 0.0)
             except (TypeError, ValueError):
-                retry_after = 60.0
-            return SendResult(Outcome.NOT_POSTED, f"{detail} (Retry-After {value})", retry_after=retry_after)
+                retry_after = DEFAULT_RETRY_AFTER
+            if not math.isfinite(retry_after):
+                retry_after = DEFAULT_RETRY_AFTER
+            # Slack's value as it came (the outbox caps the wait); cut, as it is outside text
+            return SendResult(Outcome.NOT_POSTED, f"{detail} (Retry-After {str(value)[:20]})", retry_after=retry_after)
         if status in (500, 502, 504):
             return SendResult(Outcome.UNKNOWN, detail)
         return SendResult(Outcome.NOT_POSTED, detail, configuration=status == 200 and code in CONFIGURATION_ERRORS)

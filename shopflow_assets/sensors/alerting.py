@@ -34,13 +34,13 @@ from dagster import (
     sensor,
 )
 
-from shopflow_assets.alerts import StepFailure, broke_message, one_line, ready_message
+from shopflow_assets.alerts import StepFailure, broke_message, literal, one_line, ready_message, run_url
 from shopflow_assets.asset_keys import FACT_SALES
 from shopflow_assets.freshness import LatenessState, evaluate_lateness
 from shopflow_assets.outbox import Alert, InstanceMarkers, OutboxState, deliver
 from shopflow_assets.resources.landing import LandingZone
 from shopflow_assets.resources.slack import ShopflowSlack
-from shopflow_assets.run_window import days_of_run_tags
+from shopflow_assets.run_window import PARTITION_TAG, days_of_run_tags
 from shopflow_assets.settings import get_settings
 
 ALERTS_SENSOR = "shopflow_alerts"
@@ -153,12 +153,31 @@ def broke_message_for(instance: DagsterInstance, run: DagsterRun, failure_messag
         failed_checks=failed_checks_of_run(instance, run.run_id),
         not_built=not_built,
         ui_url=get_settings().ui_url,
+        partition=run.tags.get(PARTITION_TAG),
     )
 
 
 def _by_day(metadata, key: str, day: str):
-    value = metadata.get(key)
-    return (getattr(value, "value", None) or {}).get(day) if value is not None else None
+    value = getattr(metadata.get(key), "value", None)
+    return value.get(day) if isinstance(value, dict) else None
+
+
+def _unreadable(kind: str, what: str, run_id: str, error: Exception) -> str:
+    """The alert of an event whose message could not be built: said, not skipped, and never a
+    reason to read the event log again and again."""
+    return (
+        f"{kind}: {what} (the alert's details could not be read: {literal(f'{type(error).__name__}: {error}', 200)})\n"
+        f"• Run: {run_url(get_settings().ui_url, run_id)}"
+    )
+
+
+def _day_or_key(partition: str) -> dt.date | str:
+    """A partition key as a day; a key that is no day (another code location's, or reported by
+    hand) stays text, shown as it is."""
+    try:
+        return dt.date.fromisoformat(partition)
+    except ValueError:
+        return partition
 
 
 @dataclasses.dataclass
@@ -218,7 +237,10 @@ def new_alerts(instance: DagsterInstance, landing: LandingZone, cursor: AlertsCu
     for record in failures:
         run = instance.get_run_by_id(record.run_id)
         if run is not None:  # (a run deleted since: nothing to say)
-            text = broke_message_for(instance, run, record.event_log_entry.message)
+            try:
+                text = broke_message_for(instance, run, record.event_log_entry.message)
+            except Exception as error:  # noqa: BLE001
+                text = _unreadable(":red_circle: BROKE", "a run failed", run.run_id, error)
             events.append((record.storage_id, Alert(f"broke:{run.run_id}", "BROKE", text, now)))
         cursor.failures_after = record.storage_id
 
@@ -231,13 +253,16 @@ def new_alerts(instance: DagsterInstance, landing: LandingZone, cursor: AlertsCu
         materialization = record.asset_materialization
         day = materialization.partition if materialization else None
         if day is not None:
-            text = ready_message(
-                day=dt.date.fromisoformat(day),
-                rows=_by_day(materialization.metadata, "rows_by_day", day),
-                net_revenue=_by_day(materialization.metadata, "net_revenue_by_day", day),
-                run_id=record.run_id,
-                ui_url=settings.ui_url,
-            )
+            try:
+                text = ready_message(
+                    day=_day_or_key(day),
+                    rows=_by_day(materialization.metadata, "rows_by_day", day),
+                    net_revenue=_by_day(materialization.metadata, "net_revenue_by_day", day),
+                    run_id=record.run_id,
+                    ui_url=settings.ui_url,
+                )
+            except Exception as error:  # noqa: BLE001
+                text = _unreadable(":white_check_mark: READY", "fact_sales landed", record.run_id, error)
             events.append((record.storage_id, Alert(f"ready:{record.storage_id}", "READY", text, now)))
         cursor.ready_after = record.storage_id
 
