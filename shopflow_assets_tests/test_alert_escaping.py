@@ -166,7 +166,9 @@ def test_a_partition_key_that_is_no_day_is_shown_as_it_is_and_stalls_nothing(lan
     event still gets its alert."""
     hostile = "<!channel> <https://evil.example|x>"
     instance.report_runless_asset_event(
-        AssetMaterialization(FACT_SALES, partition=hostile, metadata={"rows_by_day": MetadataValue.text("<!here>")})
+        AssetMaterialization(
+            FACT_SALES, partition=hostile, metadata={"dagster/row_count": MetadataValue.text("<!here>"), "net_revenue": MetadataValue.text("<@U1>")}
+        )
     )
     instance.report_runless_asset_event(AssetMaterialization(FACT_SALES, partition=DAY))
 
@@ -177,7 +179,7 @@ def test_a_partition_key_that_is_no_day_is_shown_as_it_is_and_stalls_nothing(lan
         assert_inert(message)
     assert code_spans(first.splitlines()[0]) == [hostile]
     assert "partition=%3C%21channel%3E" in first  # (our link carries the key, percent-encoded)
-    assert "• Rows: unknown" in first
+    assert "<!here>" not in first and "<@U1>" not in first  # the wrong-shape values shown inert
     assert second.startswith(f":white_check_mark: READY: fact_sales for {DAY} landed")
 
 

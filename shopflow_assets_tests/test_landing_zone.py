@@ -408,7 +408,7 @@ def test_the_share_is_a_setting_and_small_or_half_bad_files_are_taken(run, landi
 # --- 9. per-day numbers are per day --------------------------------------------------------------
 
 
-def test_a_range_in_one_run_reports_each_days_own_numbers(landing, resources, instance):
+def test_a_range_in_one_run_reports_each_days_own_numbers(landing, resources, instance, slack, slack_server):
     landing.export(DAY, {"a.csv": csv_text([line(f"A{i}", unit_price="1.00") for i in range(3)] + [line("R", quantity="0")])})
     landing.export(NEXT, {"a.csv": csv_text([line(f"B{i}", day=NEXT, unit_price="2.00") for i in range(5)])})
 
@@ -433,6 +433,15 @@ def test_a_range_in_one_run_reports_each_days_own_numbers(landing, resources, in
     assert by_day(fact, "net_revenue") == {DAY: 3.0, NEXT: 10.0}
     assert by_day(rollup, "dagster/row_count") == {DAY: 1, NEXT: 1}
     assert by_day(rollup, "net_revenue") == {DAY: 3.0, NEXT: 10.0}
+    # READY for each day says that day's numbers
+    from .test_failures_and_alerts import alert_ticks
+
+    alert_ticks(instance, slack, landing)
+    ready = sorted(m for m in slack_server.delivered if "READY" in m)
+    assert [(m.splitlines()[0], [l for l in m.splitlines() if l.startswith(("• Rows", "• Net"))]) for m in ready] == [
+        (f":white_check_mark: READY: fact_sales for {DAY} landed", ["• Rows: 3", "• Net revenue: 3.00"]),
+        (f":white_check_mark: READY: fact_sales for {NEXT} landed", ["• Rows: 5", "• Net revenue: 10.00"]),
+    ]
 
 
 # --- 10. errors are blamed on the right thing ----------------------------------------------------

@@ -157,9 +157,14 @@ def broke_message_for(instance: DagsterInstance, run: DagsterRun, failure_messag
     )
 
 
-def _by_day(metadata, key: str, day: str):
-    value = getattr(metadata.get(key), "value", None)
-    return value.get(day) if isinstance(value, dict) else None
+def day_rows_and_revenue(metadata) -> tuple[object, object]:
+    """A day's rows and net revenue, from its own materialization's metadata (each day of a range
+    built in one run has its own); the revenue as money, two decimals."""
+    rows = getattr(metadata.get("dagster/row_count"), "value", None)
+    net = getattr(metadata.get("net_revenue"), "value", None)
+    if isinstance(net, (int, float)) and not isinstance(net, bool):
+        net = f"{net:.2f}"
+    return rows, net
 
 
 def _unreadable(kind: str, what: str, run_id: str, error: Exception) -> str:
@@ -254,10 +259,11 @@ def new_alerts(instance: DagsterInstance, landing: LandingZone, cursor: AlertsCu
         day = materialization.partition if materialization else None
         if day is not None:
             try:
+                rows, net_revenue = day_rows_and_revenue(materialization.metadata)
                 text = ready_message(
                     day=_day_or_key(day),
-                    rows=_by_day(materialization.metadata, "rows_by_day", day),
-                    net_revenue=_by_day(materialization.metadata, "net_revenue_by_day", day),
+                    rows=rows,
+                    net_revenue=net_revenue,
                     run_id=record.run_id,
                     ui_url=settings.ui_url,
                 )
