@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
 
 
 def write_day(landing: Path, day: dt.date, lines: int, files: int = 4) -> list[Path]:

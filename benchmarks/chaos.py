@@ -35,8 +35,8 @@ import duckdb
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from benchmarks._data import REPO_ROOT, write_day
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
-from shopflow_assets.outbox import MARKERS
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
+from shopflow_assets.defs.alerts.outbox import MARKERS
 from shopflow_assets_tests.postgres_cluster import pg_bin, production_dagster_home, start_cluster
 from shopflow_assets_tests.slack_standin import start_slack_standin
 

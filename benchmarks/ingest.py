@@ -17,9 +17,9 @@ import duckdb
 from dagster import DagsterEventType, DagsterInstance, materialize
 
 from benchmarks._data import write_day
-from shopflow_assets.assets import raw_orders
+from shopflow_assets.defs.ingest.assets import raw_orders
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 DAY = dt.date(2024, 3, 1)
 

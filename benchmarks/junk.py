@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks._data import REPO_ROOT, cli_env, materialize_command, write_day
 from benchmarks.memory import CLI, DUCKDB_SLACK, PYTHON_SIDE_SLACK, MiB, Sampler, to_bytes
-from shopflow_assets.export_contract import REQUIRED_COLUMNS
+from shopflow_assets.contract.export import REQUIRED_COLUMNS
 
 DAY = "2024-03-01"
 JUNK = {"unparseable": b"junk %d\n", "rules": b"x%d,x,x,x,x,x,x,x,x,x\n"}

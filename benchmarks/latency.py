@@ -40,7 +40,7 @@ from dagster import (
 )
 
 from benchmarks._data import REPO_ROOT, cli_env, write_day
-from shopflow_assets.dbt_command import dbt_executable
+from shopflow_assets.defs.models.project import dbt_executable
 from shopflow_assets.settings import Settings
 
 BIN = Path(sys.executable).parent

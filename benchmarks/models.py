@@ -28,11 +28,12 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 from dagster_dbt import DbtCliResource
 
 from benchmarks._data import write_day
-from shopflow_assets.assets import raw_orders, shopflow_dbt_models
-from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.defs.ingest.assets import raw_orders
+from shopflow_assets.defs.models.assets import shopflow_dbt_models
+from shopflow_assets.defs.models.project import dbt_executable
+from shopflow_assets.defs.models.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 from shopflow_assets.settings import Settings
 
 DAY = dt.date(2024, 3, 1)

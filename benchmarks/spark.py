@@ -24,10 +24,10 @@ from pathlib import Path
 from dagster import DagsterEventType, DagsterInstance, materialize
 
 from benchmarks._data import REPO_ROOT, write_day
-from shopflow_assets.assets import raw_orders
+from shopflow_assets.defs.ingest.assets import raw_orders
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse
 from shopflow_assets.engines.spark import spark_home
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 DAY = dt.date(2024, 3, 1)
 

@@ -7,7 +7,6 @@ no I/O beyond ``os.environ``: relative paths are joined to the repository root, 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 import re
 import zoneinfo
@@ -171,14 +170,13 @@ def _parse_timezone(value: str) -> str:
     return value
 
 
-@functools.cache
-def get_settings() -> Settings:
-    """The settings of this process, read from the environment on first use.
+def read_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from the environment: what the definitions and the commands call, once.
 
     A bad value stops the process with one line that names the variable and the fix: nothing can
     run with it, and a stack trace would only hide the message.
     """
     try:
-        return Settings.from_env()
+        return Settings.from_env(env)
     except SettingsError as error:
         raise SystemExit(f"shopflow_daily: {error}") from None

@@ -17,30 +17,36 @@ import os
 import shutil
 import sys
 
-# Short retry delays for the suite (the default base is 2 s); set before shopflow_assets is imported.
-os.environ.setdefault("SHOPFLOW_RETRY_DELAY_SECONDS", "0.5")
-# Spark drivers and executors of the tests talk over loopback only (the machine's name may resolve
-# to another interface).
-os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-
-import duckdb  # noqa: E402
-import pytest  # noqa: E402
+import duckdb
+import pytest
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.assets import raw_orders, shopflow_dbt_models
-from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
-from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.contract.export import REQUIRED_COLUMNS
+from shopflow_assets.defs.alerts.sensor import build_alerts_sensor
+from shopflow_assets.defs.ingest import export_sensor, raw_orders_asset
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.defs.models import dbt_models_asset
+from shopflow_assets.defs.models.project import dbt_executable, shopflow_dbt_project
+from shopflow_assets.defs.operations import daily_schedule, watchdog_sensor
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.settings import Settings
 
+# The suite's own settings: the defaults, with short retry delays (the default base is 2 s).
+TEST_SETTINGS = Settings.from_env({"SHOPFLOW_RETRY_DELAY_SECONDS": "0.5"})
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's dagster, dagster-daemon, dg, ... (activated or not)
-ALL_ASSETS = [raw_orders, shopflow_dbt_models]
 FACT_SALES = AssetKey("fact_sales")
 DAILY_REVENUE = AssetKey("daily_revenue")
 RAW_ORDERS = AssetKey(["raw", "orders"])
+# The definitions as the suite's settings build them, unbound (each test gives its own resources).
+raw_orders = raw_orders_asset(TEST_SETTINGS)
+shopflow_dbt_models = dbt_models_asset(TEST_SETTINGS)
+ALL_ASSETS = [raw_orders, shopflow_dbt_models]
+export_landed_sensor = export_sensor(TEST_SETTINGS)
+alerts_sensor = build_alerts_sensor(TEST_SETTINGS)
+run_watchdog_sensor = watchdog_sensor(TEST_SETTINGS)
+daily_0200_schedule = daily_schedule(TEST_SETTINGS)
 
 
 def line(
@@ -196,7 +202,7 @@ def money(value: str | Decimal) -> Decimal:
 
 
 def failure_messages(result: ExecuteInProcessResult) -> str:
-    from shopflow_assets.sensors.alerting import step_error_text
+    from shopflow_assets.defs.alerts.sensor import step_error_text
 
     return "\n".join(step_error_text(e.step_failure_data) for e in result.all_events if e.is_step_failure)
 
@@ -219,7 +225,7 @@ def slack_server():
 
 @pytest.fixture
 def slack(slack_server):
-    from shopflow_assets.resources.slack import ShopflowSlack
+    from shopflow_assets.defs.alerts.slack import ShopflowSlack
 
     return ShopflowSlack(
         token=SLACK_TOKEN,
@@ -240,6 +246,14 @@ def saved_parse_lock(request, tmp_path_factory):
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spark_on_loopback():
+    """Spark drivers and executors of the tests talk over loopback only (the machine's name may
+    resolve to another interface); spark-submit reads this from the environment it inherits."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse, Warehouse
 from shopflow_assets.engines.spark import TABLES as SPARK_TABLES
-from shopflow_assets.export_contract import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
+from shopflow_assets.contract.export import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
 
 from .conftest import BIN, REPO_ROOT
 

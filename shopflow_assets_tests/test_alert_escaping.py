@@ -17,18 +17,17 @@ from dagster import AssetMaterialization, DagsterInstance, MetadataValue, job, o
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shopflow_assets.alerts import MAX_LITERAL_CHARS, StepFailure, broke_message, clip, literal, one_line
-from shopflow_assets.freshness import LatenessState, evaluate_lateness
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
-from shopflow_assets.outbox import Alert, InstanceMarkers, OutboxState, deliver
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.settings import get_settings
+from shopflow_assets.defs.alerts.messages import MAX_LITERAL_CHARS, StepFailure, broke_message, clip, literal, one_line
+from shopflow_assets.defs.alerts.lateness import LatenessState, evaluate_lateness
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
+from shopflow_assets.defs.alerts.outbox import Alert, InstanceMarkers, OutboxState, deliver
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
-from .conftest import FACT_SALES, SLACK_TOKEN, csv_text, line
+from .conftest import FACT_SALES, SLACK_TOKEN, TEST_SETTINGS, csv_text, line
 from .test_failures_and_alerts import alert_ticks
 
 DAY = "2024-03-01"
-UI = get_settings().ui_url
+UI = TEST_SETTINGS.ui_url
 log = logging.getLogger("test_alert_escaping")
 
 HOSTILE = [

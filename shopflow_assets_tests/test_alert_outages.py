@@ -24,7 +24,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from benchmarks._data import write_day
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
 
 from .conftest import BIN, REPO_ROOT, csv_text, line, query
 from . import daemon_helpers
@@ -143,7 +143,7 @@ def test_the_watchdog_tells_a_live_worker_from_a_dead_or_reused_pid():
     rest, with runs."""
     import multiprocessing
 
-    from shopflow_assets.sensors.run_watchdog import is_run_worker, read_process
+    from shopflow_assets.defs.operations.watchdog import is_run_worker, read_process
 
     me = read_process(os.getpid())
     assert me is not None and me.start_ticks > 0 and me.argv

@@ -1,4 +1,4 @@
-"""The alert outbox (shopflow_assets/outbox.py) tick by tick, in process: the real Slack client
+"""The alert outbox (shopflow_assets/defs/alerts/outbox.py) tick by tick, in process: the real Slack client
 against the Slack stand-in, delivery markers in a real (ephemeral) Dagster instance, and a clock the
 test moves, so that back-off, Retry-After and the summary bound take no real time. The daemon runs
 the same code in test_alert_outages.py."""
@@ -12,7 +12,7 @@ import time
 import pytest
 from dagster import DagsterInstance
 
-from shopflow_assets.outbox import (
+from shopflow_assets.defs.alerts.outbox import (
     BACKOFF_MAX,
     CLOCK_SLACK,
     DOUBT_BOUND,
@@ -24,7 +24,7 @@ from shopflow_assets.outbox import (
     OutboxState,
     deliver,
 )
-from shopflow_assets.resources.slack import ShopflowSlack
+from shopflow_assets.defs.alerts.slack import ShopflowSlack
 
 from .conftest import SLACK_TOKEN
 from .slack_standin import CHANNEL_ID

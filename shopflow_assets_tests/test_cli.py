@@ -90,7 +90,7 @@ def test_with_dagster_home_holding_a_copy_of_dagster_yaml(env, landing, warehous
 def test_relative_paths_resolve_against_the_repository_root(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPFLOW_")}
     env["SHOPFLOW_LANDING_DIR"] = "some/landing"
-    script = "from shopflow_assets.settings import get_settings as g; s = g(); print(s.landing_dir); print(s.warehouse)"
+    script = "from shopflow_assets.settings import read_settings as g; s = g(); print(s.landing_dir); print(s.warehouse)"
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     ).stdout.split()

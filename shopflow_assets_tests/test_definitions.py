@@ -142,14 +142,14 @@ def test_the_engine_swaps_the_warehouse_resource_and_never_imports_pyspark(engin
 
 
 def test_the_raw_schema_is_written_once_and_the_dbt_sources_and_spark_tables_follow_it():
-    """raw_schema.py renders DuckDB's DDL, the Spark job's columns and the asset's TableSchema; what
+    """contract/raw_schema.py renders DuckDB's DDL, the Spark job's columns and the asset's TableSchema; what
     dbt declares of raw.orders (its sources YAML, the Spark tables it registers) must say the same."""
     import re
 
     import yaml
 
-    from shopflow_assets import raw_schema
-    from shopflow_assets.assets.ingest import raw_orders
+    from shopflow_assets.contract import raw_schema
+    from .conftest import raw_orders
 
     (source,) = yaml.safe_load((REPO_ROOT / "shopflow_dbt/models/staging/_sources.yml").read_text())["sources"]
     (orders,) = [t for t in source["tables"] if t["name"] == "orders"]

@@ -20,15 +20,16 @@ from dagster import (
 )
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.assets.dbt import classify_dbt_failure
-from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.freshness import LatenessState, due_days, evaluate_lateness
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.sensors.alerting import AlertsCursor, alerts_sensor
-from shopflow_assets.settings import get_settings
+from shopflow_assets.defs.models.assets import classify_dbt_failure
+from shopflow_assets.defs.models.project import dbt_executable
+from shopflow_assets.defs.alerts.lateness import LatenessState, due_days, evaluate_lateness
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.defs.alerts.sensor import AlertsCursor
 
 from .conftest import (
+    TEST_SETTINGS,
+    alerts_sensor,
     DAILY_REVENUE,
     FACT_SALES,
     REPO_ROOT,
@@ -40,7 +41,7 @@ from .conftest import (
 )
 
 DAY = "2024-03-01"
-UI = get_settings().ui_url
+UI = TEST_SETTINGS.ui_url
 
 
 def events_of(result, kind: str):
@@ -52,7 +53,7 @@ def alert_ticks(instance: DagsterInstance, slack, landing, cursor: str | None = 
     alerts of new events to the outbox, the next delivers them). Without a cursor it starts at the
     beginning of the event log, with today's LATE already sent (that one is about the real date)."""
     if cursor is None:
-        today_due = [str(d) for d in due_days(dt.datetime.now(dt.timezone.utc), get_settings().sla_timezone)[0]]
+        today_due = [str(d) for d in due_days(dt.datetime.now(dt.timezone.utc), TEST_SETTINGS.sla_timezone)[0]]
         cursor = AlertsCursor(failures_after=0, ready_after=0, lateness=LatenessState(late=today_due)).dump()
     for _ in range(ticks):
         context = build_sensor_context(
@@ -150,7 +151,7 @@ def test_transient_fault_is_retried_with_growing_delays_and_loads_once(
     delays = [e.event_specific_data.seconds_to_wait for e in retries]
     # attempt k waits (2^k - 1) x b +/- b (b = 0.5 s in the suite): one retry waits at most 1 s,
     # so a 4 s lock takes at least two; four wait at least 11 s in all, so the day loads in time
-    assert get_settings().retry_delay_seconds == 0.5
+    assert TEST_SETTINGS.retry_delay_seconds == 0.5
     assert len(retries) >= 2, delays
     assert delays == sorted(delays) and delays[-1] > delays[0]
     assert "WarehouseLockedError" in retries[0].event_specific_data.error.to_string()

@@ -18,10 +18,10 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 from dagster_dbt import DbtCliResource
 
 from benchmarks._data import write_day  # a big day written by DuckDB in about a second
-from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.project import shopflow_dbt_project
+from shopflow_assets.defs.models.project import dbt_executable
+from shopflow_assets.defs.models.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import (
     ALL_ASSETS,

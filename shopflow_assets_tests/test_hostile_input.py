@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS, BadExportError, load_days
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS, BadExportError, load_days
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources.landing import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import csv_text, failure_messages, line, query, snapshot
 

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from shopflow_assets.cli import write_day
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS
+from shopflow_assets.commands.sample_data import write_day
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
 
 from .conftest import csv_text, day_of, failure_messages, line, money, query, snapshot
 
@@ -320,7 +320,7 @@ def test_a_range_is_one_run_that_logs_its_progress(landing, resources, instance,
 
 
 def test_rejections_per_rule_are_numbers_the_ui_can_plot(run, landing):
-    from shopflow_assets.orders_loader import REJECT_REASONS
+    from shopflow_assets.engines.duckdb.loader import REJECT_REASONS
 
     landing.export(DAY, {"a.csv": csv_text([line("A"), line("B", quantity="0"), line("C", status="x", quantity="0")])})
     result = ingest(run)

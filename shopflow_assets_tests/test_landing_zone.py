@@ -18,15 +18,14 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, build_sensor_context, materialize
 
-from shopflow_assets.export_contract import ExportChangedError
-from shopflow_assets.orders_loader import REQUIRED_COLUMNS, load_days
+from shopflow_assets.contract.export import ExportChangedError
+from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS, load_days
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.run_window import EXPORT_TAG, export_tag_value
-from shopflow_assets.sensors import export_landed
-from shopflow_assets.sensors.export_landed import export_landed_sensor
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.core.run_window import EXPORT_TAG, export_tag_value
+from shopflow_assets.defs.ingest import sensor as export_landed
 
-from .conftest import ALL_ASSETS, csv_text, day_of, failure_messages, line, query, snapshot
+from .conftest import ALL_ASSETS, csv_text, day_of, export_landed_sensor, failure_messages, line, query, snapshot
 
 DAY = "2024-03-01"
 NEXT = "2024-03-02"

@@ -191,7 +191,7 @@ def dbt_parse_events(result) -> list[str]:
     import json
     from pathlib import Path
 
-    from shopflow_assets.project import shopflow_dbt_project
+    from shopflow_assets.defs.models.project import shopflow_dbt_project
 
     log = Path(shopflow_dbt_project.project_dir) / "target" / "runs" / result.run_id / "dbt.log"
     names = [json.loads(text)["info"]["name"] for text in log.read_text().splitlines() if text.startswith("{")]
@@ -233,7 +233,7 @@ def test_invocation_targets_keep_the_newest_ten_and_any_younger_than_an_hour(tmp
     import os
     import time
 
-    from shopflow_assets.assets.dbt import prune_invocation_targets
+    from shopflow_assets.defs.models.assets import prune_invocation_targets
 
     now = time.time()
     ages = {f"old-{i:02d}": 7200 + i for i in range(12)} | {f"young-{i}": 60 + i for i in range(3)}

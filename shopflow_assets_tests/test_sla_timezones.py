@@ -12,15 +12,14 @@ import zoneinfo
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, build_schedule_context
 
-from shopflow_assets.freshness import LatenessState, due_days, evaluate_lateness
-from shopflow_assets.partitions import daily_partitions
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.schedules import daily_0200_schedule
-from shopflow_assets.settings import get_settings
+from shopflow_assets.defs.alerts.lateness import LatenessState, due_days, evaluate_lateness
+from shopflow_assets.core.partitions import daily_partitions
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.defs.operations.schedule import build_daily_job, build_daily_schedule
 
-from .conftest import FACT_SALES, csv_text, line
+from .conftest import FACT_SALES, TEST_SETTINGS, csv_text, line
 
-UI = get_settings().ui_url
+UI = TEST_SETTINGS.ui_url
 START = dt.date(2024, 1, 1)
 UTC = dt.timezone.utc
 ZONES = ["Asia/Tokyo", "Pacific/Kiritimati", "America/Los_Angeles", "UTC", "Europe/Berlin", "Asia/Shanghai"]
@@ -143,7 +142,7 @@ def test_the_uis_freshness_policy_waits_from_the_end_of_the_day_due_to_its_deadl
     every morning (a fixed 8 h did, east of UTC+8)."""
     from dagster import FreshnessPolicy
 
-    from shopflow_assets.freshness import DEADLINE, longest_wait
+    from shopflow_assets.defs.alerts.lateness import DEADLINE, longest_wait
 
     assert longest_wait(timezone) == dt.timedelta(hours=hours)
     FreshnessPolicy.cron(deadline_cron=f"0 {DEADLINE.hour} * * *", lower_bound_delta=longest_wait(timezone), timezone=timezone)
@@ -166,20 +165,23 @@ def test_every_utc_day_is_due_at_exactly_one_deadline_even_where_dst_moves_it_ac
 @pytest.mark.parametrize("timezone", ZONES + ["Australia/Perth", "Etc/GMT+12"])
 def test_the_0200_schedule_asks_for_the_last_complete_utc_day_a_partition_that_exists(timezone):
     zone = zoneinfo.ZoneInfo(timezone)
+    partitions = daily_partitions(TEST_SETTINGS.start_date)
+    schedule = build_daily_schedule(build_daily_job(partitions), timezone=timezone)
     for i in range(0, 400, 3):  # a year and more of 02:00 ticks, DST changes included
         tick = dt.datetime.combine(dt.date(2024, 1, 10) + dt.timedelta(days=i), dt.time(2), zone)
-        request = daily_0200_schedule(build_schedule_context(scheduled_execution_time=tick))
+        request = schedule(build_schedule_context(scheduled_execution_time=tick))
         day = dt.date.fromisoformat(request.partition_key)
         end_of_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), UTC)
         assert end_of_day < tick <= end_of_day + dt.timedelta(days=1), (tick, day)  # the last that ended
-        assert request.partition_key in daily_partitions.get_partition_keys(current_time=tick)
+        assert request.partition_key in partitions.get_partition_keys(current_time=tick)
         assert request.run_key == request.partition_key
 
 
 SCHEDULE_IN_ZONE = """
 import datetime as dt, json, sys, zoneinfo
 from dagster import build_schedule_context
-from shopflow_assets.schedules import daily_0200_schedule
+from shopflow_assets.definitions import defs
+daily_0200_schedule = defs.resolve_schedule_def("shopflow_daily_0200")
 zone = zoneinfo.ZoneInfo(daily_0200_schedule.execution_timezone)
 out = []
 for i in range(0, 400, 7):

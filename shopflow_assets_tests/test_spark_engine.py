@@ -28,12 +28,12 @@ from dagster import (
 )
 from dagster_dbt import DbtCliResource
 
-from shopflow_assets.dbt_command import dbt_executable
-from shopflow_assets.cli import write_day
-from shopflow_assets.export_contract import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
-from shopflow_assets.project import shopflow_dbt_project
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.resources.landing import SUCCESS_MARKER
+from shopflow_assets.defs.models.project import dbt_executable
+from shopflow_assets.commands.sample_data import write_day
+from shopflow_assets.contract.export import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
+from shopflow_assets.defs.models.project import shopflow_dbt_project
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import SUCCESS_MARKER
 
 from .conftest import ALL_ASSETS, REPO_ROOT, SLACK_TOKEN, Landing, command_env, csv_text, failure_messages
 from .daemon_helpers import daemon_process, materializations, wait_for

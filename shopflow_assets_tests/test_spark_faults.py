@@ -28,12 +28,10 @@ import duckdb
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, ExecuteInProcessResult, materialize
 
 from benchmarks._data import write_day
-from shopflow_assets.assets import raw_orders
 from shopflow_assets.engines import SparkWarehouse
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.retries import TRANSIENT_RETRY_POLICY
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
-from .conftest import BIN, REPO_ROOT, command_env, csv_text, day_of, failure_messages, line
+from .conftest import BIN, REPO_ROOT, TEST_SETTINGS, command_env, csv_text, day_of, failure_messages, line, raw_orders
 from .spark_cluster import SparkCluster, free_ports
 
 D = "2024-03-01"
@@ -477,10 +475,10 @@ def test_an_unreachable_master_is_retried_with_backoff_then_fails_naming_the_mas
     result = ingest(landing, SparkWarehouse(master=master, warehouse_dir=str(warehouse)))
 
     assert not result.success
-    retries = TRANSIENT_RETRY_POLICY.max_retries
+    retries = TEST_SETTINGS.retry_max_retries
     assert len(events(result, DagsterEventType.STEP_RESTARTED)) == retries
     # each wait is the existing backoff: (2^k - 1) x delay, +/- delay of jitter
-    delay = TRANSIENT_RETRY_POLICY.delay
+    delay = TEST_SETTINGS.retry_delay_seconds
     waits = [e.event_specific_data.seconds_to_wait for e in events(result, DagsterEventType.STEP_UP_FOR_RETRY)]
     assert len(waits) == retries
     for k, wait in enumerate(waits, start=1):

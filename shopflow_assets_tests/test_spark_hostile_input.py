@@ -9,11 +9,10 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from shopflow_assets.assets import raw_orders
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
-from .conftest import csv_text, failure_messages, line
+from .conftest import csv_text, failure_messages, line, raw_orders
 from .test_hostile_input import ACCEPTED_CASES, DAY
 
 ROW_COLUMNS = (

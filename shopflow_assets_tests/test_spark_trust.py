@@ -23,11 +23,10 @@ from dagster import (
     serialize_value,
 )
 
-from shopflow_assets.assets import raw_orders
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse, Warehouse
-from shopflow_assets.resources import LandingZone
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
-from .conftest import Landing, csv_text, failure_messages, line
+from .conftest import Landing, csv_text, failure_messages, line, raw_orders
 from .test_spark_faults import events, in_background, published, publish_earlier, running_ingest, wait_until
 
 D1, D2 = "2024-03-01", "2024-03-02"

@@ -10,11 +10,9 @@ import subprocess
 
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
-from shopflow_assets.resources import LandingZone
-from shopflow_assets.schedules import daily_0200_schedule
-from shopflow_assets.sensors.export_landed import export_landed_sensor
+from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
-from .conftest import csv_text, line
+from .conftest import csv_text, daily_0200_schedule, export_landed_sensor, line
 
 
 def tick(landing, cursor=None, instance=None):
@@ -82,7 +80,7 @@ def test_export_sensor_leaves_an_export_that_was_pushed_to_its_run(landing, inst
     """shopflow-push-export started D's run (tagged with D's export): the sensor does not request it
     again, and still requests D's next re-export."""
     from shopflow_assets.definitions import defs
-    from shopflow_assets.run_window import EXPORT_TAG
+    from shopflow_assets.core.run_window import EXPORT_TAG
 
     landing.export("2024-03-01", {"a.csv": csv_text([line("A")])})
     fingerprint = LandingZone(root=str(landing.root)).export_fingerprint(dt.date(2024, 3, 1))

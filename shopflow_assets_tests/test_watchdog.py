@@ -28,7 +28,9 @@ from dagster import (
     op,
 )
 
-from shopflow_assets.sensors.run_watchdog import check_runs, read_process, run_watchdog_sensor
+from shopflow_assets.defs.operations.watchdog import check_runs, read_process
+
+from .conftest import run_watchdog_sensor
 
 HOUR = 3600.0
 

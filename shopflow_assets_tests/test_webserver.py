@@ -224,9 +224,9 @@ def test_a_pushed_export_is_built_at_once_and_only_once(landing, warehouse_path,
     from dagster import DagsterInstance, build_sensor_context
     from dagster_graphql import DagsterGraphQLClient
 
-    from shopflow_assets.resources import LandingZone
-    from shopflow_assets.run_window import EXPORT_TAG
-    from shopflow_assets.sensors.export_landed import export_landed_sensor
+    from shopflow_assets.defs.ingest.landing_zone import LandingZone
+    from shopflow_assets.core.run_window import EXPORT_TAG
+    from shopflow_assets.defs.ingest.sensor import export_landed_sensor
 
     from .daemon_helpers import materializations
 

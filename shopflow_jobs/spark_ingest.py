@@ -4,7 +4,7 @@ the Spark warehouse, Hive-style partitioned by dt (DESIGN.md "Engines").
 A Spark application, launched by the code location with spark-submit through Dagster Pipes (see
 shopflow_assets/engines/spark.py); it imports nothing of Dagster but dagster_pipes. The driver reads
 only the files' header lines; the rows are read, checked and written by the executors, one task per
-file. The contract's rules come from shopflow_assets/export_contract.py, rendered as Spark SQL, the
+file. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL, the
 same table the DuckDB ingest renders, so the two engines cannot drift apart.
 
 The flow for a set of days:
@@ -57,7 +57,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from shopflow_assets.export_contract import (
+from shopflow_assets.contract.export import (
     MALFORMED_ROW,
     REQUIRED_COLUMNS,
     SPARK,
@@ -67,8 +67,8 @@ from shopflow_assets.export_contract import (
     rejected_share_error,
     required_positions,
 )
-from shopflow_assets.landing_rules import scan_day
-from shopflow_assets.raw_schema import column_names
+from shopflow_assets.contract.landing import scan_day
+from shopflow_assets.contract.raw_schema import column_names
 
 RAW_DB = "raw.db"
 STAGING = "_staging"

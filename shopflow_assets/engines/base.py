@@ -15,8 +15,8 @@ import duckdb
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue
 from pydantic import Field
 
-from shopflow_assets.export_contract import REJECT_REASONS
-from shopflow_assets.resources.landing import DayExport
+from shopflow_assets.contract.export import REJECT_REASONS
+from shopflow_assets.contract.landing import DayExport
 
 
 class OutOfMemory(RuntimeError):

@@ -25,8 +25,8 @@ from dagster import AssetExecutionContext, Failure, PipesSubprocessClient, RunsF
 from pydantic import Field
 
 from shopflow_assets.engines.base import LoadSummary, Warehouse
-from shopflow_assets.export_contract import BadExportError, ExportChangedError
-from shopflow_assets.resources.landing import DayExport
+from shopflow_assets.contract.export import BadExportError, ExportChangedError
+from shopflow_assets.contract.landing import DayExport
 from shopflow_assets.settings import REPO_ROOT
 
 SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
@@ -182,7 +182,7 @@ class SparkWarehouse(Warehouse):
 
     def job_env(self) -> dict[str, str]:
         """The driver runs this interpreter (it has pyspark and dagster-pipes) and finds
-        shopflow_assets.export_contract, the rules it renders, on the path."""
+        shopflow_assets.contract.export, the rules it renders, on the path."""
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         return {
             "PYSPARK_PYTHON": sys.executable,

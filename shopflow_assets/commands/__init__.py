@@ -1,0 +1,1 @@
+"""Console commands: sample data, revenue, push, the dbt executable, friendly CLI errors."""

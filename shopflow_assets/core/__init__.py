@@ -1,0 +1,1 @@
+"""What every feature shares: the daily partitions, the retry policy, a run's days and tags."""

@@ -1,0 +1,22 @@
+"""Alerts: BROKE, LATE/RECOVERED and READY, written to an outbox and delivered to Slack by one
+sensor (sensor.py), in words (messages.py) that outside text cannot hijack."""
+
+from dagster import Definitions, EnvVar
+
+from shopflow_assets.defs.alerts.sensor import build_alerts_sensor
+from shopflow_assets.defs.alerts.slack import ShopflowSlack
+from shopflow_assets.settings import Settings
+
+
+def alerts_defs(settings: Settings) -> Definitions:
+    return Definitions(
+        sensors=[build_alerts_sensor(settings)],
+        resources={
+            "slack": ShopflowSlack(
+                # EnvVar: the UI and the event log show the variable's name, never the token.
+                token=EnvVar("SLACK_BOT_TOKEN") if settings.slack_bot_token else "",
+                channel=settings.slack_channel,
+                api_url=settings.slack_api_url,
+            )
+        },
+    )

@@ -1,0 +1,275 @@
+"""The dbt models as Dagster assets: fact_sales and daily_revenue, partitioned like raw/orders."""
+
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
+    Failure,
+    FreshnessPolicy,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+)
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    dbt_assets,
+)
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
+
+from shopflow_assets.core.retries import not_retried_when_cancelled
+from shopflow_assets.core.run_window import WAREHOUSE_POOL, days_of, rerun_command
+from shopflow_assets.defs.models.automation import ANY_DAY_EAGER
+from shopflow_assets.defs.models.project import shopflow_dbt_project
+from shopflow_assets.engines import Warehouse
+
+# The executive dashboard's tables: yesterday's partition by 08:00 (see defs/alerts/lateness.py).
+FRESH_BY_0800 = {"fact_sales", "daily_revenue"}
+
+# A dbt failure is transient only when DuckDB could not get the file or the Spark cluster was out of
+# reach; anything else (a compilation error, a failed test) fails the same way on every attempt.
+TRANSIENT_DBT_ERRORS = (
+    "Could not set lock",
+    "Conflicting lock",
+    "IO Error",
+    "All masters are unresponsive",
+    "Connection refused",
+    "Master removed our application",
+)
+
+# Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept, and
+# none younger than an hour: another run's dbt may still be writing there.
+KEEP_INVOCATION_TARGETS = 10
+KEEP_INVOCATION_TARGETS_SECONDS = 3600
+
+# dbt's saved parse, in a target folder (https://docs.getdbt.com/reference/parsing#partial-parsing)
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+
+
+class ShopflowDbtTranslator(DagsterDbtTranslator):
+    """dbt nodes -> assets: model names are the asset keys (fact_sales, daily_revenue); the
+    source raw.orders maps to raw/orders through its `meta.dagster.asset_key`. The dashboard's
+    tables carry the 08:00 freshness policy."""
+
+    def __init__(self, freshness_policy: FreshnessPolicy, settings: DagsterDbtTranslatorSettings | None = None):
+        super().__init__(settings)
+        self.freshness_policy = freshness_policy
+
+    def get_asset_spec(self, manifest, unique_id, project):
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if spec.key.path[-1] in FRESH_BY_0800:
+            spec = spec.replace_attributes(freshness_policy=self.freshness_policy)
+        return spec
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]):
+        # every dbt model builds when its upstream day updates (see defs/models/automation.py)
+        return ANY_DAY_EAGER
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "revenue"
+
+
+def dbt_environment(days: list[dt.date], warehouse: Warehouse) -> dict[str, str]:
+    """What dbt needs from the run, as environment variables: the half-open window
+    [SHOPFLOW_DBT_MIN_DATE, SHOPFLOW_DBT_MAX_DATE) (macros/partition_window.sql) and where the
+    engine's warehouse is (profiles.yml). Not --vars: dbt discards its saved parse whenever --vars
+    change, and re-parsing the project cost more than running the day's SQL."""
+    return {
+        "SHOPFLOW_DBT_MIN_DATE": days[0].isoformat(),
+        "SHOPFLOW_DBT_MAX_DATE": (days[-1] + dt.timedelta(days=1)).isoformat(),
+        **warehouse.dbt_env(),
+    }
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, then as it was. DbtCliResource.cli() hands dbt a copy of
+    os.environ and takes no environment of its own; the run's steps run one at a time in its
+    process (in_process_executor), so nothing else sees the change."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def keep_partial_parse(invocation_target: Path, project_target: Path) -> None:
+    """Make dbt's newest saved parse the one the next invocation starts from.
+
+    dagster-dbt copies <project>/target/partial_parse.msgpack into each invocation's own target
+    folder, and dbt writes its parse back there only. dbt discards a saved parse made with another
+    profile (its hash covers the connection's values: warehouse path, memory limit, Spark master),
+    so with the one written at setup every run whose settings differ from the setup's would parse
+    the project from scratch. Copied back (atomically: a run that starts meanwhile reads the old or
+    the new file, never half of one), only the first run after a settings change parses in full."""
+    fresh = invocation_target / PARTIAL_PARSE_FILE
+    shared = project_target / PARTIAL_PARSE_FILE
+    try:
+        content = fresh.read_bytes()
+        if shared.exists() and shared.read_bytes() == content:
+            return
+        with tempfile.NamedTemporaryFile(dir=project_target, prefix=".partial_parse.", delete=False) as tmp:
+            tmp.write(content)
+        os.replace(tmp.name, shared)
+    except OSError:  # no parse saved (dbt failed before), or the folder is read-only: parse next time
+        pass
+
+
+def build_dbt_models(
+    *, partitions_def: DailyPartitionsDefinition, retry_policy: RetryPolicy, freshness_policy: FreshnessPolicy
+) -> AssetsDefinition:
+    """The dbt models as assets, with the code location's partitions, retries and 08:00 policy."""
+
+    @dbt_assets(
+        manifest=shopflow_dbt_project.manifest_path,
+        project=shopflow_dbt_project,
+        name="shopflow_dbt_models",
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        dagster_dbt_translator=ShopflowDbtTranslator(
+            freshness_policy, settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
+        ),
+        pool=WAREHOUSE_POOL,
+        retry_policy=retry_policy,
+    )
+    def shopflow_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse) -> Iterator[Any]:
+        yield from dbt_build(context, dbt, warehouse)
+
+    return shopflow_dbt_models
+
+
+def dbt_build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse) -> Iterator[Any]:
+    """dbt build for the run's window, then each day's own numbers on its materializations."""
+    # A backfill of a range is one run, where context.partition_key raises: use the time window.
+    days = days_of(context.partition_time_window)
+    env = dbt_environment(days, warehouse)
+    context.log.info(f"dbt build for [{env['SHOPFLOW_DBT_MIN_DATE']}, {env['SHOPFLOW_DBT_MAX_DATE']})")
+    # dagster-dbt runs dbt in the assets' project (not the resource's project_dir, if they differ)
+    project_target = Path(shopflow_dbt_project.project_dir) / "target"
+    runs_dir = project_target / "runs"
+    with environment(env):
+        invocation = dbt.cli(
+            ["build", "--target", warehouse.dbt_target],
+            context=context,
+            target_path=runs_dir / context.run_id,
+        )
+    events = []
+    try:
+        # Held back until dbt has exited: then the warehouse is free to count what it built.
+        with not_retried_when_cancelled(f"dbt build for {days[0]}..{days[-1]}"):
+            events.extend(invocation.stream())
+    except DagsterDbtCliRuntimeError as error:
+        yield from events  # what did build is recorded all the same
+        raise classify_dbt_failure(error, invocation, days) from None
+    finally:
+        keep_partial_parse(runs_dir / context.run_id, project_target)
+        prune_invocation_targets(runs_dir)
+    stats = built_stats(warehouse, days)
+    outputs = [e for e in events if isinstance(e, Output)]
+    # Each day's own numbers on its own materialization (a range is one run: see the README).
+    for event in outputs:
+        for day, metadata in stats.get(event.output_name, {}).items():
+            key = context.asset_key_for_output(event.output_name)
+            context.add_asset_metadata(metadata, asset_key=key, partition_key=day)
+    # the materializations first, then the dbt tests' check results: the tables are built and the
+    # dashboard's READY can go out without waiting for some thirty check events to be written
+    yield from outputs
+    yield from (e for e in events if not isinstance(e, Output))
+
+
+def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per model and day of the window just built, its rows and net revenue, as metadata."""
+    window = [days[0], days[-1]]
+    with warehouse.read() as con:
+        facts = con.execute(
+            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.fact_sales "
+            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            window,
+        ).fetchall()
+        rollups = con.execute(
+            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.daily_revenue "
+            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
+            window,
+        ).fetchall()
+    empty = {str(d): (0, Decimal("0")) for d in days}
+
+    def per_day(rows) -> dict[str, dict[str, Any]]:
+        found = empty | {str(d): (n, net) for d, n, net in rows}
+        return {
+            day: {"dagster/row_count": n, "net_revenue": MetadataValue.float(float(net))}
+            for day, (n, net) in found.items()
+        }
+
+    return {"fact_sales": per_day(facts), "daily_revenue": per_day(rollups)}
+
+
+def classify_dbt_failure(error: Exception, invocation, days: list) -> Exception:
+    """The error to raise for a failed dbt invocation: itself when transient (retried with
+    backoff), else a Failure that is not retried and names the failing nodes."""
+    problems = failed_nodes(invocation) or _error_lines(error)
+    if any(marker in str(error) + " ".join(problems) for marker in TRANSIENT_DBT_ERRORS):
+        return error
+    return Failure(
+        description=(
+            f"dbt build failed for {days[0]}..{days[-1]}: {'; '.join(problems)}. "
+            f"Fix the model or the data, then re-run: {rerun_command('fact_sales,daily_revenue', days)}"
+        ),
+        allow_retries=False,
+    )
+
+
+def failed_nodes(invocation) -> list[str]:
+    """`node status: message` for each dbt model or test that errored or failed (run_results.json)."""
+    try:
+        results = invocation.get_artifact("run_results.json")["results"]
+    except Exception:  # no run_results: dbt failed before running anything
+        return []
+    return [
+        # unique_id: <resource type>.<package>.<name>[.<hash>]
+        f"{r['unique_id'].split('.')[2]} {r['status']}: {' '.join(str(r.get('message') or '').split())}"
+        for r in results
+        if r.get("status") in ("error", "fail")
+    ]
+
+
+def _error_lines(error: Exception) -> list[str]:
+    """What dbt itself reported, without dagster-dbt's boilerplate, as one line."""
+    text = str(error)
+    reported = text.split("Errors parsed from dbt logs:", 1)[-1]
+    lines = [l.strip() for l in reported.splitlines() if l.strip() and l.strip() != "Encountered an error:"]
+    return [" ".join(lines)[:500]] if lines else [text.strip().splitlines()[0]]
+
+
+def prune_invocation_targets(
+    runs_dir: Path, keep: int = KEEP_INVOCATION_TARGETS, keep_seconds: float = KEEP_INVOCATION_TARGETS_SECONDS
+) -> None:
+    if not runs_dir.is_dir():
+        return
+    modified = {}
+    for target in runs_dir.iterdir():
+        with contextlib.suppress(OSError):  # pruned meanwhile by another run
+            if target.is_dir():
+                modified[target] = target.stat().st_mtime
+    newest_first = sorted(modified, key=modified.get, reverse=True)
+    cutoff = time.time() - keep_seconds
+    for stale in newest_first[keep:]:
+        if modified[stale] < cutoff:
+            shutil.rmtree(stale, ignore_errors=True)
