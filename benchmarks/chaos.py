@@ -1,4 +1,4 @@
-"""Benchmark 7, chaos: about eight landings (among them re-exports and broken days) under SIGKILLs of
+"""Benchmark 8, chaos: about eight landings (among them re-exports and broken days) under SIGKILLs of
 run workers, the code server and the daemon at random moments, and one Slack outage. A few minutes.
 
     .venv/bin/python -m benchmarks.chaos [--seed N] [--spacing 15] [--interval 5]

@@ -1,6 +1,6 @@
 """The environment, read once and typed.
 
-Every variable of DESIGN.md "Configuration" lives here and nowhere else. Reading the settings does
+Every variable of docs/contract.md "Settings" lives here and nowhere else. Reading the settings does
 no I/O beyond ``os.environ``: relative paths are joined to the repository root, not resolved on disk.
 """
 
@@ -43,7 +43,7 @@ class Settings:
     max_rejected_share: float
     engine: str
     spark_master: str
-    spark_warehouse: Path
+    spark_warehouse: str  # a path, or a URI (file://, hdfs://, s3a://)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -71,7 +71,7 @@ class Settings:
             max_rejected_share=_parse_share(get("SHOPFLOW_MAX_REJECTED_SHARE", "0.5")),
             engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
-            spark_warehouse=_repo_path(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
+            spark_warehouse=_path_or_uri(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -86,6 +86,11 @@ class Settings:
 def _repo_path(value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))
+
+
+def _path_or_uri(value: str) -> str:
+    """A URI (scheme://...) as it is; a path resolved like the other paths."""
+    return value if "://" in value else str(_repo_path(value))
 
 
 def _parse_number(name: str, value: str, kind: type) -> int | float:

@@ -76,7 +76,7 @@ def rows_of(warehouse: Warehouse, table: str, columns: Sequence[str], where: str
 
 
 def spark_folders(spark_dir: Path, day: str) -> dict[str, Path]:
-    """table -> its folder of day D in the Spark warehouse (DESIGN.md "Engines", a MUST)."""
+    """table -> its folder of day D in the Spark warehouse (docs/contract.md "Engines", a must)."""
     return {table: spark_dir / folder / f"dt={day}" for table, folder in SPARK_TABLES.items()}
 
 

@@ -1,4 +1,4 @@
-"""Alerts cannot be hijacked (issue 18, point 8): whatever comes from outside (file names, header
+"""Alerts cannot be hijacked: whatever comes from outside (file names, header
 cells, values, error text, partition keys, Slack's own error words) reaches Slack escaped for mrkdwn
 and quoted: it never mentions, links or formats, and the visible text still names it. The real
 ingest, the real alerts sensor and outbox, the Slack stand-in."""

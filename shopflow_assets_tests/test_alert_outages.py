@@ -1,4 +1,4 @@
-"""Nothing a human must hear is lost (issue 12), with nobody at the keyboard: a real `dagster-daemon`
+"""Nothing a human must hear is lost, with nobody at the keyboard: a real `dagster-daemon`
 on the production instance file (deploy/dagster.yaml in DAGSTER_HOME, a throwaway Postgres), the
 Slack stand-in, real exports. The daemon and the run processes are SIGKILLed as a machine would.
 
@@ -29,6 +29,8 @@ from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
 from .conftest import BIN, REPO_ROOT, csv_text, line, query
 from . import daemon_helpers
 from .daemon_helpers import production_daemon_env
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 # The daemon's sensor loop looks every 5 s: a shorter interval would not tick more often.
 SENSOR_INTERVAL = 5

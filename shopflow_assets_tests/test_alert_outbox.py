@@ -260,7 +260,7 @@ def test_the_token_is_in_no_log_line(slack_server, markers, clock, caplog):
     assert MARKERS  # (the markers' name is part of the instance's dynamic partitions, not of the cursor)
 
 
-# The outbox never stalls (issue 18, point 8): Retry-After capped, history read for the attempt's
+# The outbox never stalls: Retry-After capped, history read for the attempt's
 # window only, one page a minute, and an alert in doubt resolved within DOUBT_BOUND.
 
 

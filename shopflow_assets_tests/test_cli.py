@@ -1,4 +1,4 @@
-"""DESIGN.md "How users drive it": the `dagster` CLI in a subprocess, on a landing zone and a
+"""docs/contract.md "How it is driven": the `dagster` CLI in a subprocess, on a landing zone and a
 warehouse named through the environment, as a user runs it from the repository root."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 DAY = "2024-03-01"
 

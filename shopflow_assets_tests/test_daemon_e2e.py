@@ -18,6 +18,8 @@ from dagster_postgres import PostgresRunStorage
 from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
 from .daemon_helpers import KEYS, daemon_process, materializations, production_daemon_env, wait_for
 
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+
 SENSOR_INTERVAL = 3
 
 

@@ -16,6 +16,8 @@ from dagster_postgres import PostgresRunStorage
 from .conftest import csv_text, line
 from .daemon_helpers import daemon_process, materializations, production_daemon_env, wait_for
 
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+
 SENSOR_INTERVAL = 3
 PAST_DAY = "2024-03-01"
 BROKEN_DAY = "2024-03-02"

@@ -75,10 +75,19 @@ def test_settings_defaults_and_clear_errors():
     assert (settings.sla_timezone, settings.slack_channel, settings.ui_url) == ("UTC", "#shopflow-alerts", "http://127.0.0.1:3000")
     assert settings.slack_bot_token is None and settings.pg_url is None
     assert Settings.from_env({"SHOPFLOW_WAREHOUSE": "/abs/w.duckdb"}).warehouse.as_posix() == "/abs/w.duckdb"
+    assert settings.max_rejected_share == 0.5
+    assert Settings.from_env({"SHOPFLOW_MAX_REJECTED_SHARE": "0.1"}).max_rejected_share == 0.1
+    # a Spark warehouse may be a URI of any Hadoop file system, kept as it is; a path is resolved
+    for uri in ("hdfs://nn:8020/warehouse", "s3a://bucket/warehouse", "file:///data/warehouse"):
+        assert Settings.from_env({"SHOPFLOW_SPARK_WAREHOUSE": uri}).spark_warehouse == uri
+    assert settings.spark_warehouse == str(REPO_ROOT / "data" / "spark-warehouse")
 
     for env, words in (
         ({"SHOPFLOW_START_DATE": "01/02/2024"}, "SHOPFLOW_START_DATE='01/02/2024' is not a date"),
         ({"SHOPFLOW_SLA_TIMEZONE": "Mars/Olympus"}, "SHOPFLOW_SLA_TIMEZONE='Mars/Olympus' is not an IANA timezone"),
+        ({"SHOPFLOW_MAX_REJECTED_SHARE": "1.5"}, "SHOPFLOW_MAX_REJECTED_SHARE='1.5' is not a share between 0 and 1"),
+        ({"SHOPFLOW_MAX_REJECTED_SHARE": "nan"}, "SHOPFLOW_MAX_REJECTED_SHARE='nan' is not a share between 0 and 1"),
+        ({"SHOPFLOW_MAX_REJECTED_SHARE": "half"}, "SHOPFLOW_MAX_REJECTED_SHARE='half' is not a share between 0 and 1"),
     ):
         try:
             Settings.from_env(env)

@@ -1,4 +1,4 @@
-"""Faults (issue 7): a run killed half-way through an ingest, Postgres restarted under a running
+"""Faults: a run killed half-way through an ingest, Postgres restarted under a running
 daemon, two runs of the same day at once. Real processes all the way: the `dagster` CLI and its step
 subprocess, `dagster-daemon`, a throwaway Postgres cluster, DuckDB files on disk."""
 
@@ -36,6 +36,8 @@ from .conftest import (
 )
 from .postgres_cluster import start_cluster
 from .test_daemon_e2e import SENSOR_INTERVAL, broke, daemon, materializations, wait_for  # noqa: F401 (daemon: a fixture)
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 D = "2024-03-01"
 OTHER = "2024-02-29"

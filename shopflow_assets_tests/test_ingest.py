@@ -1,4 +1,4 @@
-"""raw/orders: every rule of DESIGN.md "The export" and "Ingest rules", on real DuckDB."""
+"""raw/orders: every rule of docs/contract.md "The export" and "Ingest rules", on real DuckDB."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dbt models, run as Dagster assets on real dbt-duckdb: DESIGN.md "Model rules"."""
+"""The dbt models, run as Dagster assets on real dbt-duckdb: docs/contract.md "Model rules"."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_rebuilding_a_day_touches_only_that_day_even_when_it_ends_empty(run, lan
 
 
 def test_models_only_after_ingest_on_a_new_warehouse(run, landing, warehouse_path):
-    """DESIGN.md: `--select fact_sales,daily_revenue` works right after raw/orders alone."""
+    """docs/contract.md: `--select fact_sales,daily_revenue` works right after raw/orders alone."""
     landing.export(DAY, {"a.csv": csv_text([line("A")])})
     assert run(DAY, selection="raw/orders").success
     result = run(DAY, selection=["fact_sales", "daily_revenue"])

@@ -1,4 +1,4 @@
-"""The 08:00 promise in every timezone (issue 18, point 13): "yesterday" is the last UTC day that
+"""The 08:00 promise in every timezone: "yesterday" is the last UTC day that
 ended before the deadline instant, 08:00 in SHOPFLOW_SLA_TIMEZONE. LATE fires at the deadline only
 for a day whose fact_sales is really missing, never every morning, east of UTC (Tokyo, Kiritimati)
 and west (Los Angeles), and across DST (Berlin, Los Angeles). The real evaluate_lateness on a real

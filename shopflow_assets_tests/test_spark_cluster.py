@@ -12,6 +12,9 @@ from .spark_cluster import start_spark_cluster
 
 COUNT_RANGE = """
 from pyspark.sql import SparkSession
+import pytest
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 spark = SparkSession.builder.getOrCreate()
 rows = spark.range(0, 100000, numPartitions=4).count()

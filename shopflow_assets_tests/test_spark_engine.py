@@ -1,6 +1,5 @@
 """The Spark engine on a real standalone cluster (the `spark_cluster` fixture), driven as users drive
-it: `dagster asset materialize` with SHOPFLOW_ENGINE=spark, and the daemon (DESIGN.md "Engines";
-issue 11, point 6).
+it: `dagster asset materialize` with SHOPFLOW_ENGINE=spark, and the daemon (docs/contract.md "Engines").
 
 Parity is the proof: the same exports through both engines give the same tables. Spark runs are slow
 (a Spark ingest and a dbt-spark build take a minute or more each on two cores), so the module runs the
@@ -54,6 +53,8 @@ from .spark_helpers import (
     spark_folders,
     spark_warehouse,
 )
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 DAYS = ("2024-03-01", "2024-03-02", "2024-03-03")
 EDGE_DAY = DAYS[1]  # the day with the hand-written files beside the realistic ones

@@ -1,4 +1,4 @@
-"""Faults on Spark (issue 11, point 7), against the suite's real standalone cluster (`spark_cluster`):
+"""Faults on Spark, against the suite's real standalone cluster (`spark_cluster`):
 the ingest's driver SIGKILLed mid-write (and the leftovers of a kill between a publish's two
 renames), a run cancelled the Dagster way while its Spark application runs, an unreachable master,
 a master that comes up between attempts followed by a lost worker, a bad export.
@@ -11,6 +11,7 @@ cores whatever its size, so each test runs as few ingests as its fault needs.
 
 from __future__ import annotations
 
+import pytest
 import concurrent.futures
 import contextlib
 import json
@@ -33,6 +34,8 @@ from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import BIN, REPO_ROOT, TEST_SETTINGS, command_env, csv_text, day_of, failure_messages, line, raw_orders
 from .spark_cluster import SparkCluster, free_ports
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 D = "2024-03-01"
 OTHER = "2024-02-29"

@@ -19,6 +19,9 @@ ROW_COLUMNS = (
     "dt, order_id, line_number, customer_id, product_id, quantity, unit_price, discount, status, "
     "ordered_at, updated_at, _source_file, _source_line"
 )
+import pytest
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 
 def tables(warehouse) -> tuple[list[tuple], list[tuple]]:

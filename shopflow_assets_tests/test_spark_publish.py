@@ -1,4 +1,4 @@
-"""One run never touches another's staging (issue 18, point 12), on the suite's real standalone
+"""One run never touches another's staging, on the suite's real standalone
 cluster: a run's staging survives another run's ingest while the first still runs, and the first,
 once it goes on, finds that a later ingest of its day took the day's publish lease and publishes
 nothing; a staged day that is missing at publish fails the attempt instead of emptying the day; a
@@ -11,6 +11,7 @@ The runs are the real raw/orders asset: in process where the test needs the step
 
 from __future__ import annotations
 
+import pytest
 import os
 import shutil
 import signal
@@ -43,6 +44,8 @@ from .test_spark_faults import (
     spark_warehouse,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 
 def staged_days(warehouse: Path, run_id: str, table: str = "orders") -> list[str]:

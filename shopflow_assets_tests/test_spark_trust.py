@@ -1,4 +1,4 @@
-"""Issue 18 ("Nothing silently wrong") on the Spark engine, on the suite's real standalone cluster:
+"""Nothing silently wrong, on the Spark engine, on the suite's real standalone cluster:
 file names are names, never patterns (the same rows as DuckDB, each once under its own file name,
 one day and a two-day run); links inside the landing zone are read under the link's name, a link out
 of it leaks nothing; a file that is mostly not order lines is refused before anything is staged;
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -28,6 +29,8 @@ from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import Landing, csv_text, failure_messages, line, raw_orders
 from .test_spark_faults import events, in_background, published, publish_earlier, running_ingest, wait_until
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 D1, D2 = "2024-03-01", "2024-03-02"
 ROW_COLUMNS = (

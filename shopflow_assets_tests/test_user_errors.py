@@ -70,6 +70,8 @@ def test_a_landing_zone_that_does_not_exist(env, tmp_path, run, resources):
 
 HOLD_LOCK = """
 import sys, time, duckdb
+
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 con = duckdb.connect(sys.argv[1])  # as an open duckdb shell would
 print("locked", flush=True)
 time.sleep(120)

@@ -1,4 +1,4 @@
-"""The watchdog never kills a live run (issue 18, point 11). Real processes: a run worker started
+"""The watchdog never kills a live run. Real processes: a run worker started
 as Dagster's code server starts one (a multiprocessing "spawn" child) that writes its run's
 RUN_START into a real Dagster instance (SQLite, shared by the processes), and the watchdog's own
 code (`check_runs`, and the sensor itself) on that instance. The wall clock is moved by passing

@@ -20,6 +20,8 @@ import pytest
 
 from .conftest import BIN, REPO_ROOT, command_env, csv_text, line
 
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+
 QUERY = """{ assetNodes(assetKeys: [{path: ["fact_sales"]}, {path: ["daily_revenue"]}, {path: ["raw", "orders"]}]) {
   assetKey { path } groupName dependencyKeys { path }
   internalFreshnessPolicy { ... on CronFreshnessPolicy { deadlineCron timezone } }

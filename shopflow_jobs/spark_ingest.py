@@ -1,5 +1,5 @@
 """The Spark ingest: days of order exports -> raw.orders and raw.orders_rejected, Parquet tables in
-the Spark warehouse, Hive-style partitioned by dt (DESIGN.md "Engines").
+the Spark warehouse, Hive-style partitioned by dt (docs/contract.md "Engines").
 
 A Spark application, launched by the code location with spark-submit through Dagster Pipes (see
 shopflow_assets/engines/spark.py); it imports nothing of Dagster but dagster_pipes. The driver reads

@@ -2,11 +2,11 @@
 answers `--version` without starting dbt.
 
 dagster-dbt asks its dbt executable for the version (`dbt --version`) once per dbt step, to tell dbt
-Core from dbt Fusion. dbt answers by importing its whole command line first: 2 s of every step, about
-an eighth of the time from an export landing to daily_revenue (benchmarks/latency.py prints both).
-This answers that one question from the installed dbt-core package, in dbt's own words (the version
-is the same), and hands every other command, unchanged, to dbt's entry point. DbtCliResource takes
-any executable (`dbt_executable`), so no part of dagster-dbt is replaced.
+Core from dbt Fusion. dbt answers by importing its whole command line first, a noticeable part of a
+day's latency (benchmarks/latency.py prints it). This answers that one question from the installed
+dbt-core package, in dbt's own words (the version is the same), and hands every other command,
+unchanged, to dbt's entry point. DbtCliResource takes any executable (`dbt_executable`), so no part
+of dagster-dbt is replaced.
 """
 
 from __future__ import annotations

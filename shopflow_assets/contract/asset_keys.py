@@ -1,4 +1,4 @@
-"""The asset keys of the contract (DESIGN.md "Asset keys and tables"), named once."""
+"""The asset keys of the contract (docs/contract.md "Asset keys and tables"), named once."""
 
 from dagster import AssetKey
 

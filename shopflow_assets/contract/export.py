@@ -1,4 +1,4 @@
-"""The export contract (DESIGN.md "The export"), written once and rendered for each SQL dialect.
+"""The export contract (docs/contract.md "The export"), written once and rendered for each SQL dialect.
 
 Pure Python with no imports beyond the standard library: the DuckDB ingest (engines/duckdb/loader.py) and
 the Spark ingest (shopflow_jobs/spark_ingest.py, which runs outside the code location) both render

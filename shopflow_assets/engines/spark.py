@@ -31,7 +31,7 @@ from shopflow_assets.settings import REPO_ROOT
 
 SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
 
-# The tables as Spark lays them out under the warehouse (DESIGN.md "Engines"): DuckDB reads them.
+# The tables as Spark lays them out under the warehouse (docs/contract.md "Engines"): DuckDB reads them.
 TABLES = {
     "raw.orders": "raw.db/orders",
     "raw.orders_rejected": "raw.db/orders_rejected",

@@ -1,6 +1,12 @@
 """The dbt project, as dagster-dbt sees it. No @dbt_assets here, so that
-`dagster-dbt project prepare-and-package --file shopflow_assets/defs/models/project.py` can import it to parse
-the project (target/manifest.json) before the code location loads."""
+`dagster-dbt project prepare-and-package --file shopflow_assets/defs/models/project.py` can import it
+to parse the project (target/manifest.json) before the code location loads.
+
+In a checkout the project is `shopflow_dbt/` beside the package. An installed wheel carries a copy in
+the package (`dbt-project/`, written by scripts/build-wheel), which dagster-dbt uses when the
+checkout's folder is not there. Under `dagster dev`, an edited model is parsed again at load
+(`prepare_if_dev`), so no manual manifest step is needed.
+"""
 
 import sys
 from pathlib import Path
@@ -9,7 +15,10 @@ from dagster_dbt import DbtProject
 
 from shopflow_assets.settings import DBT_PROJECT_DIR
 
-shopflow_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+PACKAGED_PROJECT_DIR = Path(__file__).resolve().parent / "dbt-project"
+
+shopflow_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, packaged_project_dir=PACKAGED_PROJECT_DIR)
+shopflow_dbt_project.prepare_if_dev()
 
 
 def dbt_executable() -> str:

@@ -144,10 +144,10 @@ def _header(con: duckdb.DuckDBPyConnection, f: ExportFile, display: str) -> list
 
 def check_headers(
     con: duckdb.DuckDBPyConnection, exports: Sequence[DayExport]
-) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Every file's columns (named by position) and which holds each required column, by path;
-    all problems in one error before anything is read."""
-    headers: dict[str, tuple[list[str], dict[str, str]]] = {}
+) -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
+    """Every file's columns (named by position), which holds each required column, and the names
+    as written, by path; all problems in one error before anything is read."""
+    headers: dict[str, tuple[list[str], dict[str, str], list[str]]] = {}
     problems: list[str] = []
     for export in exports:
         for f in export.files:
@@ -156,7 +156,8 @@ def check_headers(
                 written = _header(con, f, display)
                 positions = required_positions(str(export.day), display, written)
                 names = [f"c{i}" for i in range(len(written))]
-                headers[f.path] = (names, {c: names[p] for c, p in positions.items()})
+                as_written = [name.lstrip("\ufeff") for name in written]
+                headers[f.path] = (names, {c: names[p] for c, p in positions.items()}, as_written)
             except BadExportError as e:
                 problems.append(str(e))
     if problems:
@@ -338,7 +339,8 @@ FROM (
 
 _CREATE_STAGE = f"""
 CREATE OR REPLACE TEMP TABLE _shopflow_files (
-    file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR, first_row BIGINT
+    file_idx INTEGER, dt DATE, path VARCHAR, name VARCHAR, first_row BIGINT,
+    header VARCHAR[]  -- the column names as written: the reader's are c0, c1, ...
 );
 CREATE OR REPLACE TEMP TABLE _shopflow_line_counts (file_idx INTEGER, lines BIGINT, blank BIGINT);
 CREATE OR REPLACE TEMP TABLE _shopflow_blank_slots (file_idx INTEGER, slot BIGINT);
@@ -373,7 +375,7 @@ CREATE OR REPLACE TEMP TABLE _shopflow_parse_rejects AS
 SELECT f.file_idx,
        e.line AS slot,
        '{MALFORMED_ROW}: ' || string_agg(DISTINCT lower(e.error_type), ', ')
-           || coalesce(' (from column ' || arg_min(e.column_name, e.column_idx) || ')', '') AS reason,
+           || coalesce(' (from column ' || first(f.header)[CAST(substr(arg_min(e.column_name, e.column_idx), 2) AS INTEGER) + 1] || ')', '') AS reason,
        ltrim(first(e.csv_line ORDER BY e.byte_position), chr(13) || chr(10)) AS raw_line
 FROM _shopflow_csv_errors e
 JOIN _shopflow_csv_scans s USING (scan_id, file_id)
@@ -514,7 +516,7 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
         first_file = len(files) + 1
         groups: dict[tuple, list[ExportFile]] = {}  # the day's files by header and compression
         for f in export.files:
-            header, columns = headers[f.path]
+            header, columns, _ = headers[f.path]
             groups.setdefault((tuple(header), tuple(columns.items()), f.gzip), []).append(f)
             day = summary.days[export.day.isoformat()]
             day.files += 1
@@ -524,8 +526,8 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
             for f in group:
                 files[len(files) + 1] = (export, f)
                 con.execute(
-                    "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?, NULL)",
-                    [len(files), export.day, f.path, f.name],
+                    "INSERT INTO _shopflow_files VALUES (?, ?, ?, ?, NULL, ?)",
+                    [len(files), export.day, f.path, f.name, headers[f.path][2]],
                 )
             displays = [display_name(export.folder, f.name) for f in group]
             # the byte count runs beside DuckDB's read (which leaves Python's lock free)
@@ -556,7 +558,7 @@ def _load_days(con, exports, run_id, loaded_at, progress, max_rejected_share) ->
             con.execute("INSERT INTO _shopflow_blank_slots SELECT ?, unnest(?)", [file_idx, batch])
     for file_idx in with_unparsed_lines:  # collect their unparseable lines, with DuckDB's rejects
         export, f = files[file_idx]
-        header, columns = headers[f.path]
+        header, _, _ = headers[f.path]
         with _Reader(display_name(export.folder, f.name)):
             # every column read (a plain count(*) would not parse the fields, and find no error)
             con.execute(
