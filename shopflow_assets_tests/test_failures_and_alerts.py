@@ -40,6 +40,8 @@ from .conftest import (
     query,
 )
 
+pytestmark = pytest.mark.slow  # dbt runs in process: the full suite, not the quick tier
+
 DAY = "2024-03-01"
 UI = TEST_SETTINGS.ui_url
 

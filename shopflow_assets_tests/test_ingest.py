@@ -181,6 +181,7 @@ def test_missing_column_fails_naming_file_and_column_and_changes_nothing(run, la
     assert sum(1 for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY") == 0
 
 
+@pytest.mark.slow
 def test_unfinished_export_is_not_ingested(run, landing, warehouse_path):
     landing.write(DAY, "part-0.csv", csv_text([line("A")]))  # no _SUCCESS yet
 

@@ -347,6 +347,7 @@ def test_a_file_rewritten_into_junk_while_read_is_a_changed_export_not_a_bad_one
         load_days(con, exports, "run-1", dt.datetime.now(dt.timezone.utc), progress=rewrite_next_day)
 
 
+@pytest.mark.slow
 def test_a_day_being_rewritten_is_not_read(run, landing, warehouse_path):
     landing.export(DAY, {"a.csv": csv_text([line("OLD")])})
     assert run(DAY, selection=RAW).success
@@ -407,6 +408,7 @@ def test_the_share_is_a_setting_and_small_or_half_bad_files_are_taken(run, landi
 # --- 9. per-day numbers are per day --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_range_in_one_run_reports_each_days_own_numbers(landing, resources, instance, slack, slack_server):
     landing.export(DAY, {"a.csv": csv_text([line(f"A{i}", unit_price="1.00") for i in range(3)] + [line("R", quantity="0")])})
     landing.export(NEXT, {"a.csv": csv_text([line(f"B{i}", day=NEXT, unit_price="2.00") for i in range(5)])})
@@ -446,6 +448,7 @@ def test_a_range_in_one_run_reports_each_days_own_numbers(landing, resources, in
 # --- 10. errors are blamed on the right thing ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_duckdb_out_of_memory_is_transient_and_names_the_memory_setting(run, landing, resources, instance, warehouse_path):
     rows = [line(f"O{i}", product_id="P" * 200) for i in range(60_000)]
     landing.export(DAY, {"a.csv": csv_text(rows), "b.csv": csv_text(rows)})

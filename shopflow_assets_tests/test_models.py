@@ -18,6 +18,8 @@ from .conftest import (
     query,
 )
 
+pytestmark = pytest.mark.slow  # dbt runs in process: the full suite, not the quick tier
+
 DAY = "2024-03-01"
 
 

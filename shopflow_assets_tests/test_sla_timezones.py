@@ -19,6 +19,8 @@ from shopflow_assets.defs.operations.schedule import build_daily_job, build_dail
 
 from .conftest import FACT_SALES, TEST_SETTINGS, csv_text, line
 
+pytestmark = pytest.mark.slow  # dbt runs in process: the full suite, not the quick tier
+
 UI = TEST_SETTINGS.ui_url
 START = dt.date(2024, 1, 1)
 UTC = dt.timezone.utc

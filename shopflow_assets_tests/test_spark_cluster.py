@@ -8,14 +8,14 @@ import shutil
 import socket
 import subprocess
 
-from .spark_cluster import start_spark_cluster
-
-COUNT_RANGE = """
-from pyspark.sql import SparkSession
 import pytest
+
+from .spark_cluster import start_spark_cluster
 
 pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
+COUNT_RANGE = """
+from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 rows = spark.range(0, 100000, numPartitions=4).count()
 # Python on the executors as well (the venv's interpreter, passed as PYSPARK_PYTHON)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 
+import pytest
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
@@ -153,6 +154,7 @@ def test_schedule_requests_the_last_complete_utc_day():
     assert daily_0200_schedule.cron_schedule == "0 2 * * *"
 
 
+@pytest.mark.slow
 def test_ready_alert_one_message_per_materialization(run, landing, instance, slack, slack_server):
     from .test_failures_and_alerts import alert_ticks
 

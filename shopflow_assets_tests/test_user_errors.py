@@ -13,6 +13,8 @@ import pytest
 from .conftest import BIN, REPO_ROOT, command_env, csv_text, line, query
 from .postgres_cluster import production_dagster_home
 
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+
 DAY = "2024-03-01"
 
 
@@ -70,8 +72,6 @@ def test_a_landing_zone_that_does_not_exist(env, tmp_path, run, resources):
 
 HOLD_LOCK = """
 import sys, time, duckdb
-
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 con = duckdb.connect(sys.argv[1])  # as an open duckdb shell would
 print("locked", flush=True)
 time.sleep(120)

@@ -8,6 +8,7 @@ checkout's folder is not there. Under `dagster dev`, an edited model is parsed a
 (`prepare_if_dev`), so no manual manifest step is needed.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,22 @@ from shopflow_assets.settings import DBT_PROJECT_DIR
 
 PACKAGED_PROJECT_DIR = Path(__file__).resolve().parent / "dbt-project"
 
-shopflow_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, packaged_project_dir=PACKAGED_PROJECT_DIR)
-shopflow_dbt_project.prepare_if_dev()
+
+def _prepare_when_developing(project: DbtProject) -> None:
+    """Under `dagster dev` and `dg` (Dagster sets DAGSTER_IS_DEV_CLI), parse the project again so
+    that an edited model shows at once. dagster-dbt runs `dbt` from PATH for that: put this
+    interpreter's folder first, so a venv need not be activated."""
+    if os.environ.get("DAGSTER_IS_DEV_CLI"):
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        project.prepare_if_dev()
+
+
+shopflow_dbt_project = DbtProject(
+    # an installed wheel has no checkout beside it: its copy of the project is inside the package
+    project_dir=DBT_PROJECT_DIR if DBT_PROJECT_DIR.is_dir() else PACKAGED_PROJECT_DIR,
+    packaged_project_dir=PACKAGED_PROJECT_DIR,
+)
+_prepare_when_developing(shopflow_dbt_project)
 
 
 def dbt_executable() -> str:
