@@ -228,7 +228,7 @@ def test_a_pushed_export_is_built_at_once_and_only_once(landing, warehouse_path,
 
     from shopflow_assets.defs.ingest.landing_zone import LandingZone
     from shopflow_assets.core.run_window import EXPORT_TAG
-    from shopflow_assets.defs.ingest.sensor import export_landed_sensor
+    from .conftest import export_landed_sensor
 
     from .daemon_helpers import materializations
 
