@@ -42,6 +42,8 @@ class Settings:
     duckdb_memory_limit: str
     max_rejected_share: float
     engine: str
+    git_url: str | None
+    git_branch: str
     spark_master: str
     spark_warehouse: str  # a path, or a URI (file://, hdfs://, s3a://)
 
@@ -70,6 +72,8 @@ class Settings:
             duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
             max_rejected_share=_parse_share(get("SHOPFLOW_MAX_REJECTED_SHARE", "0.5")),
             engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),
+            git_url=_parse_git_url(get("SHOPFLOW_GIT_URL", "")) or None,
+            git_branch=get("SHOPFLOW_GIT_BRANCH", "main"),
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
             spark_warehouse=_path_or_uri(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
         )
@@ -86,6 +90,16 @@ class Settings:
 def _repo_path(value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))
+
+
+def _parse_git_url(value: str) -> str:
+    """The repository's web address, for links to the code (https://github.com/org/repo)."""
+    if value and not re.fullmatch(r"https?://\S+", value):
+        raise SettingsError(
+            f"SHOPFLOW_GIT_URL={value!r} is not a web address: use the repository's, e.g. "
+            "SHOPFLOW_GIT_URL=https://github.com/shopflow/shopflow-daily"
+        )
+    return value.rstrip("/")
 
 
 def _path_or_uri(value: str) -> str:

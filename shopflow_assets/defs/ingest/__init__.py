@@ -2,6 +2,7 @@
 
 from dagster import AssetsDefinition, Definitions, SensorDefinition
 
+from shopflow_assets.core.code_links import linked_to_code
 from shopflow_assets.core.partitions import daily_partitions
 from shopflow_assets.core.retries import transient_retry_policy
 from shopflow_assets.defs.ingest.assets import build_raw_orders
@@ -24,7 +25,7 @@ def export_sensor(settings: Settings) -> SensorDefinition:
 
 def ingest_defs(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[raw_orders_asset(settings)],
+        assets=linked_to_code([raw_orders_asset(settings)], settings),
         sensors=[export_sensor(settings)],
         resources={"landing": LandingZone(root=str(settings.landing_dir))},
     )

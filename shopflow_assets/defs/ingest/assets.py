@@ -24,6 +24,9 @@ from shopflow_assets.core.retries import not_retried_when_cancelled
 from shopflow_assets.defs.ingest.landing_zone import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.core.run_window import EXPORT_TAG, WAREHOUSE_POOL, days_of, export_tag_value, rerun_command
 
+# Who answers for raw/orders, and how it is tagged in the UI (the dbt models': dbt_project.yml).
+OWNERS = ["team:data-platform"]
+TAGS = {"domain": "orders", "layer": "raw"}
 # An export that changes while it is read is read again, the newest complete one, this many times.
 READS_OF_A_CHANGING_EXPORT = 3
 
@@ -40,6 +43,8 @@ def build_raw_orders(
         backfill_policy=BackfillPolicy.single_run(),
         group_name="ingest",
         kinds={engine, "csv"},
+        owners=OWNERS,
+        tags=TAGS,
         pool=WAREHOUSE_POOL,
         retry_policy=retry_policy,
         description=(

@@ -64,14 +64,22 @@ class ShopflowDbtTranslator(DagsterDbtTranslator):
     source raw.orders maps to raw/orders through its `meta.dagster.asset_key`. The dashboard's
     tables carry the 08:00 freshness policy."""
 
-    def __init__(self, freshness_policy: FreshnessPolicy, settings: DagsterDbtTranslatorSettings | None = None):
+    def __init__(
+        self, freshness_policy: FreshnessPolicy, engine: str, settings: DagsterDbtTranslatorSettings | None = None
+    ):
         super().__init__(settings)
         self.freshness_policy = freshness_policy
+        self.engine = engine
 
     def get_asset_spec(self, manifest, unique_id, project):
         spec = super().get_asset_spec(manifest, unique_id, project)
         if spec.key.path[-1] in FRESH_BY_0800:
             spec = spec.replace_attributes(freshness_policy=self.freshness_policy)
+        # The engine the code location is bound to, not the adapter the manifest was parsed with.
+        if "dbt" in spec.kinds:
+            spec = spec.replace_attributes(kinds={"dbt", self.engine}).merge_attributes(
+                metadata={"dagster/storage_kind": self.engine}
+            )
         return spec
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]):
@@ -134,7 +142,11 @@ def keep_partial_parse(invocation_target: Path, project_target: Path) -> None:
 
 
 def build_dbt_models(
-    *, partitions_def: DailyPartitionsDefinition, retry_policy: RetryPolicy, freshness_policy: FreshnessPolicy
+    *,
+    partitions_def: DailyPartitionsDefinition,
+    retry_policy: RetryPolicy,
+    freshness_policy: FreshnessPolicy,
+    engine: str,
 ) -> AssetsDefinition:
     """The dbt models as assets, with the code location's partitions, retries and 08:00 policy."""
 
@@ -145,7 +157,10 @@ def build_dbt_models(
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
         dagster_dbt_translator=ShopflowDbtTranslator(
-            freshness_policy, settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
+            freshness_policy,
+            engine,
+            # "View code" opens the model's SQL
+            settings=DagsterDbtTranslatorSettings(enable_asset_checks=True, enable_code_references=True),
         ),
         pool=WAREHOUSE_POOL,
         retry_policy=retry_policy,

@@ -1,6 +1,6 @@
-"""The dbt project, as dagster-dbt sees it. No @dbt_assets here, so that
-`dagster-dbt project prepare-and-package --file shopflow_assets/defs/models/project.py` can import it
-to parse the project (target/manifest.json) before the code location loads.
+"""The dbt project, as dagster-dbt sees it. No @dbt_assets here, so that scripts/setup can import it
+to parse the project (target/manifest.json, with dagster-dbt's preparer) before the code location
+loads.
 
 In a checkout the project is `shopflow_dbt/` beside the package. An installed wheel carries a copy in
 the package (`dbt-project/`, written by scripts/build-wheel), which dagster-dbt uses when the
