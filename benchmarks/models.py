@@ -80,7 +80,7 @@ def pipeline(landing: Path, database: Path, selection: str | list[str], day: dt.
 
 
 def compiled_sql(target: Path) -> tuple[dict[str, str], list[str]]:
-    """The SELECT dbt compiled for each model (stg_orders inlined), and the SQL of every dbt test."""
+    """The SELECT dbt compiled for each model, and the SQL of every dbt test."""
     compiled = target / "compiled" / "shopflow"
     models = {m: (compiled / "models" / "marts" / f"{m}.sql").read_text() for m in MODELS}
     tests = [p.read_text() for p in sorted(compiled.rglob("*.sql")) if p.parent.suffix == ".yml" or p.parent.name == "tests"]

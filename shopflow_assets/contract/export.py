@@ -266,6 +266,14 @@ def header_key(name: str) -> str:
     return name.strip().lstrip("\ufeff").strip().lower()
 
 
+def header_differences(written: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(required columns missing, columns the contract does not know) of a header as written."""
+    keys = [header_key(name) for name in written]
+    missing = [c for c in REQUIRED_COLUMNS if c not in keys]
+    extra = [name for name, key in zip(written, keys) if key not in REQUIRED_COLUMNS]
+    return missing, extra
+
+
 def required_positions(day: str, file: str, written: Sequence[str]) -> dict[str, int]:
     """Required column -> its position in the header as written in the file.
 

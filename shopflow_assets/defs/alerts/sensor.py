@@ -38,6 +38,7 @@ from dagster import (
 from shopflow_assets.defs.alerts.messages import StepFailure, broke_message, literal, one_line, ready_message, run_url
 from shopflow_assets.contract.asset_keys import FACT_SALES
 from shopflow_assets.defs.alerts.lateness import LatenessState, evaluate_lateness
+from shopflow_assets.defs.alerts.on_time import on_time_evaluation
 from shopflow_assets.defs.alerts.outbox import Alert, InstanceMarkers, OutboxState, deliver
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 from shopflow_assets.defs.operations.watchdog import LOST_WORKER
@@ -285,6 +286,13 @@ def new_alerts(
         start_date=settings.start_date,
     )
     alerts += [Alert(f"{m.kind.lower()}:{m.day}", m.kind, m.text, now) for m in lateness]
+    # a day missing at its deadline has no build to report it: its on-time check fails here
+    for late in (m for m in lateness if m.kind == "LATE"):
+        evaluation = on_time_evaluation(
+            instance, late.day, timezone=settings.sla_timezone, now=dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        )
+        if evaluation is not None:
+            instance.report_runless_asset_event(evaluation)
     return alerts
 
 

@@ -1,9 +1,14 @@
 """`raw/orders`: a day's export, ingested by the engine (DuckDB SQL, or a Spark application) into
 raw.orders / raw.orders_rejected."""
 
+from typing import Iterator
+
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
     AssetExecutionContext,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Failure,
@@ -11,7 +16,7 @@ from dagster import (
     RetryPolicy,
     TableColumn,
     TableSchema,
-    asset,
+    multi_asset,
 )
 
 from shopflow_assets.contract import raw_schema
@@ -20,7 +25,15 @@ from shopflow_assets.contract.raw_schema import TYPES
 from shopflow_assets.engines import Warehouse
 from shopflow_assets.engines.base import IngestCancelled
 from shopflow_assets.contract.export import BadExportError, ExportChangedError
+from shopflow_assets.core.check_results import per_day_result
 from shopflow_assets.core.retries import not_retried_when_cancelled
+from shopflow_assets.defs.ingest.checks import (
+    HEADER,
+    REJECTED_SHARE,
+    header_evaluation,
+    ingest_check_specs,
+    rejected_share_evaluation,
+)
 from shopflow_assets.defs.ingest.landing_zone import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
 from shopflow_assets.core.run_window import EXPORT_TAG, WAREHOUSE_POOL, days_of, export_tag_value, rerun_command
 
@@ -36,42 +49,64 @@ def build_raw_orders(
 ) -> AssetsDefinition:
     """raw/orders with the code location's partitions, retry policy and engine (its kind)."""
 
-    @asset(
-        key=RAW_ORDERS,
+    # A multi_asset of one asset: its checks report one result per day, not one per run, which
+    # needs check outputs that may be left unset (can_subset).
+    @multi_asset(
+        name="raw__orders",
+        specs=[
+            AssetSpec(
+                RAW_ORDERS,
+                group_name="ingest",
+                kinds={engine, "csv"},
+                owners=OWNERS,
+                tags=TAGS,
+                description=(
+                    "The order system's export of day D (landing zone orders/dt=D/*.csv[.gz], after _SUCCESS), "
+                    "loaded by the engine (DuckDB SQL, or a Spark job on SHOPFLOW_ENGINE=spark): valid rows in "
+                    "raw.orders, broken rows with their reason in raw.orders_rejected. Re-running D replaces "
+                    "exactly D, in one transaction."
+                ),
+                metadata={
+                    "dagster/table_name": "raw.orders",
+                    "dagster/column_schema": TableSchema(
+                        columns=[
+                            TableColumn(c.name, TYPES[c.type][2], description=c.description)
+                            for c in raw_schema.RAW_ORDERS
+                        ]
+                    ),
+                },
+            )
+        ],
+        check_specs=ingest_check_specs(partitions_def),
+        can_subset=True,
         partitions_def=partitions_def,
         # A backfill of many days is one run: one pass over the landing zone, one transaction.
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="ingest",
-        kinds={engine, "csv"},
-        owners=OWNERS,
-        tags=TAGS,
         pool=WAREHOUSE_POOL,
         retry_policy=retry_policy,
-        description=(
-            "The order system's export of day D (landing zone orders/dt=D/*.csv[.gz], after _SUCCESS), "
-            "loaded by the engine (DuckDB SQL, or a Spark job on SHOPFLOW_ENGINE=spark): valid rows in raw.orders, broken rows with their reason in "
-            "raw.orders_rejected. Re-running D replaces exactly D, in one transaction."
-        ),
-        metadata={
-            "dagster/table_name": "raw.orders",
-            "dagster/column_schema": TableSchema(
-                columns=[TableColumn(c.name, TYPES[c.type][2], description=c.description) for c in raw_schema.RAW_ORDERS]
-            ),
-        },
     )
-    def raw_orders(context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse) -> MaterializeResult:
-        return ingest(context, landing, warehouse)
+    def raw_orders(
+        context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse
+    ) -> Iterator[MaterializeResult | AssetCheckResult | AssetCheckEvaluation]:
+        yield from ingest(context, landing, warehouse)
 
     return raw_orders
 
 
-def ingest(context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse) -> MaterializeResult:
-    """Replace the run's days of raw.orders and raw.orders_rejected with their finished exports."""
+def ingest(
+    context: AssetExecutionContext, landing: LandingZone, warehouse: Warehouse
+) -> Iterator[MaterializeResult | AssetCheckResult | AssetCheckEvaluation]:
+    """Replace the run's days of raw.orders and raw.orders_rejected with their finished exports,
+    and report each day's checks."""
     days = days_of(context.partition_time_window)
+    checks = {key.name for key in context.selected_asset_check_keys}
     for attempt in range(1, READS_OF_A_CHANGING_EXPORT + 1):
         # The file list is read here, inside the run, never when the definitions load.
         exports = finished_exports(landing, days)
         claim_export(context, exports)
+        if HEADER in checks:
+            # before the ingest: a day whose header fails it shows why in its Checks tab too
+            headers = [header_evaluation(export) for export in exports]
         context.log.info(
             f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
             f"{sum(len(e.files) for e in exports)} file(s)"
@@ -83,6 +118,8 @@ def ingest(context: AssetExecutionContext, landing: LandingZone, warehouse: Ware
         except ExportChangedError as changed:  # nothing published: read the newest export
             context.log.warning(f"{changed} Reading it again ({attempt}/{READS_OF_A_CHANGING_EXPORT}).")
         except BadExportError as error:  # permanent: retrying cannot fix the file
+            if HEADER in checks:
+                yield from (per_day_result(context, e) for e in headers)
             raise Failure(
                 description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
                 allow_retries=False,
@@ -99,7 +136,12 @@ def ingest(context: AssetExecutionContext, landing: LandingZone, warehouse: Ware
     # Each day's own numbers on its own materialization (a range is one run: see the README).
     for day in days:
         context.add_asset_metadata(summary.metadata(day), partition_key=day.isoformat())
-    return MaterializeResult()
+    yield MaterializeResult(asset_key=RAW_ORDERS)
+    if HEADER in checks:
+        yield from (per_day_result(context, e) for e in headers)
+    if REJECTED_SHARE in checks:
+        for day, load in summary.days.items():
+            yield per_day_result(context, rejected_share_evaluation(day, load, warehouse.max_rejected_share))
 
 
 def finished_exports(landing: LandingZone, days: list) -> list[DayExport]:

@@ -18,6 +18,7 @@ def dbt_models_asset(settings: Settings) -> AssetsDefinition:
         partitions_def=daily_partitions(settings.start_date),
         retry_policy=transient_retry_policy(settings.retry_max_retries, settings.retry_delay_seconds),
         freshness_policy=daily_by_0800(settings.sla_timezone),
+        sla_timezone=settings.sla_timezone,
         engine=settings.engine,
     )
 

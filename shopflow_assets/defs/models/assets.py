@@ -30,7 +30,9 @@ from dagster_dbt import (
 )
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
+from shopflow_assets.contract.asset_keys import FACT_SALES
 from shopflow_assets.core.retries import not_retried_when_cancelled
+from shopflow_assets.defs.alerts.on_time import ON_TIME_CHECK, on_time_evaluation
 from shopflow_assets.core.run_window import WAREHOUSE_POOL, days_of, rerun_command
 from shopflow_assets.defs.models.automation import ANY_DAY_EAGER
 from shopflow_assets.defs.models.project import shopflow_dbt_project
@@ -146,6 +148,7 @@ def build_dbt_models(
     partitions_def: DailyPartitionsDefinition,
     retry_policy: RetryPolicy,
     freshness_policy: FreshnessPolicy,
+    sla_timezone: str,
     engine: str,
 ) -> AssetsDefinition:
     """The dbt models as assets, with the code location's partitions, retries and 08:00 policy."""
@@ -166,13 +169,16 @@ def build_dbt_models(
         retry_policy=retry_policy,
     )
     def shopflow_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse) -> Iterator[Any]:
-        yield from dbt_build(context, dbt, warehouse)
+        yield from dbt_build(context, dbt, warehouse, sla_timezone)
 
     return shopflow_dbt_models
 
 
-def dbt_build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse) -> Iterator[Any]:
-    """dbt build for the run's window, then each day's own numbers on its materializations."""
+def dbt_build(
+    context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, sla_timezone: str
+) -> Iterator[Any]:
+    """dbt build for the run's window, then each day's own numbers on its materializations, and
+    whether each day of fact_sales was on time."""
     # A backfill of a range is one run, where context.partition_key raises: use the time window.
     days = days_of(context.partition_time_window)
     env = dbt_environment(days, warehouse)
@@ -180,60 +186,151 @@ def dbt_build(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: Wa
     # dagster-dbt runs dbt in the assets' project (not the resource's project_dir, if they differ)
     project_target = Path(shopflow_dbt_project.project_dir) / "target"
     runs_dir = project_target / "runs"
+    events = []
+    # the environment stays set while the events stream: dagster-dbt's in-process adapter (for
+    # the column metadata) reads profiles.yml, which reads it
     with environment(env):
         invocation = dbt.cli(
             ["build", "--target", warehouse.dbt_target],
             context=context,
             target_path=runs_dir / context.run_id,
         )
-    events = []
-    try:
-        # Held back until dbt has exited: then the warehouse is free to count what it built.
-        with not_retried_when_cancelled(f"dbt build for {days[0]}..{days[-1]}"):
-            events.extend(invocation.stream())
-    except DagsterDbtCliRuntimeError as error:
-        yield from events  # what did build is recorded all the same
-        raise classify_dbt_failure(error, invocation, days) from None
-    finally:
-        keep_partial_parse(runs_dir / context.run_id, project_target)
-        prune_invocation_targets(runs_dir)
-    stats = built_stats(warehouse, days)
+        try:
+            # Held back until dbt has exited: then the warehouse is free to count what it built.
+            with not_retried_when_cancelled(f"dbt build for {days[0]}..{days[-1]}"):
+                events.extend(with_column_metadata(invocation, warehouse))
+        except DagsterDbtCliRuntimeError as error:
+            # what did build is recorded all the same, with its days' numbers
+            failure = classify_dbt_failure(error, invocation, days)
+        else:
+            failure = None
+        finally:
+            keep_partial_parse(runs_dir / context.run_id, project_target)
+            prune_invocation_targets(runs_dir)
     outputs = [e for e in events if isinstance(e, Output)]
-    # Each day's own numbers on its own materialization (a range is one run: see the README).
-    for event in outputs:
-        for day, metadata in stats.get(event.output_name, {}).items():
-            key = context.asset_key_for_output(event.output_name)
-            context.add_asset_metadata(metadata, asset_key=key, partition_key=day)
+    if outputs:
+        try:
+            built = [e.output_name for e in outputs]
+            stats = built_stats(warehouse, built, days, failed_tests_by_day(context, dbt, invocation, warehouse, days))
+        except Exception as error:  # noqa: BLE001 - a failed build may have left a table missing
+            if failure is None:
+                raise
+            context.log.warning(f"The built days' numbers could not be read: {error}")
+            stats = {}
+        # Each day's own numbers on its own materialization (a range is one run: see the README).
+        for event in outputs:
+            for day, metadata in stats.get(event.output_name, {}).items():
+                key = context.asset_key_for_output(event.output_name)
+                context.add_asset_metadata(metadata, asset_key=key, partition_key=day)
     # the materializations first, then the dbt tests' check results: the tables are built and the
     # dashboard's READY can go out without waiting for some thirty check events to be written
     yield from outputs
+    # the on-time check's own step reports the days when the run includes it; else it is done here
+    built_fact_sales = any(context.asset_key_for_output(e.output_name) == FACT_SALES for e in outputs)
+    if built_fact_sales and ON_TIME_CHECK not in (context.run.asset_check_selection or set()):
+        now = dt.datetime.now(dt.timezone.utc)
+        for day in days:
+            yield on_time_evaluation(context.instance, day, timezone=sla_timezone, now=now, building_now=True)
     yield from (e for e in events if not isinstance(e, Output))
+    if failure is not None:
+        raise failure
 
 
-def built_stats(warehouse: Warehouse, days: list) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per model and day of the window just built, its rows and net revenue, as metadata."""
-    window = [days[0], days[-1]]
-    with warehouse.read() as con:
-        facts = con.execute(
-            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.fact_sales "
-            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
-            window,
-        ).fetchall()
-        rollups = con.execute(
-            "SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.daily_revenue "
-            "WHERE dt BETWEEN ? AND ? GROUP BY dt",
-            window,
-        ).fetchall()
+def failed_tests_by_day(
+    context: AssetExecutionContext, dbt: DbtCliResource, invocation, warehouse: Warehouse, days: list[dt.date]
+) -> dict[str, dict[str, int]]:
+    """model -> day -> how many of the model's dbt tests failed (or errored) on that day.
+
+    The build's tests read its whole window: in a run of one day, or when none failed, that is
+    each day's count. Otherwise only the failed tests run again, one day at a time."""
+    nodes = invocation.manifest["nodes"]
+    failed = failed_tests(invocation, nodes)
+    counts = {model: {str(day): 0 for day in days} for model in FAILED_TEST_MODELS}
+    if len(days) == 1 or not failed:
+        for model, names in failed.items():
+            counts.setdefault(model, {})[str(days[0])] = len(names) if len(days) == 1 else 0
+        return counts
+    names = sorted({name for names in failed.values() for name in names})
+    runs_dir = Path(shopflow_dbt_project.project_dir) / "target" / "runs"
+    for day in days:
+        with environment(dbt_environment([day], warehouse)):
+            retest = dbt.cli(
+                ["test", "--select", *names, "--target", warehouse.dbt_target],
+                target_path=runs_dir / f"{context.run_id}-tests-{day}",
+                raise_on_error=False,
+            ).wait()
+        for model, names_failed in failed_tests(retest, nodes).items():
+            counts.setdefault(model, {})[str(day)] = len(names_failed)
+    return counts
+
+
+# the models whose materializations carry a count of failed dbt tests
+FAILED_TEST_MODELS = ("fact_sales", "daily_revenue")
+
+
+def failed_tests(invocation, nodes: Mapping[str, Any]) -> dict[str, list[str]]:
+    """model name -> its dbt tests that failed or errored in `invocation` (run_results.json);
+    `nodes`: the manifest's."""
+    try:
+        results = invocation.get_artifact("run_results.json")["results"]
+    except Exception:  # no run_results: dbt failed before running anything
+        return {}
+    failed: dict[str, list[str]] = {}
+    for result in results:
+        node = nodes.get(result["unique_id"], {})
+        if node.get("resource_type") != "test" or result.get("status") not in ("fail", "error"):
+            continue
+        model = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), "")
+        failed.setdefault(nodes.get(model, {}).get("name", model), []).append(node["name"])
+    return failed
+
+
+def with_column_metadata(invocation, warehouse: Warehouse) -> Iterator[Any]:
+    """The invocation's events; on DuckDB with each model's column types and column lineage.
+
+    dagster-dbt reads them through an in-process dbt adapter once dbt has exited (DuckDB admits
+    one writer). Its connection is closed at the end: the warehouse file must be free for the
+    next process that writes it. On Spark the adapter would start a Spark driver in the
+    orchestrator, so there the columns come from the dbt YAML (no lineage)."""
+    if warehouse.engine != "duckdb":
+        yield from invocation.stream()
+        return
+    try:
+        yield from invocation.stream().fetch_column_metadata(with_column_lineage=True)
+    finally:
+        adapter = invocation.adapter
+        if adapter is not None:
+            adapter.cleanup_connections()
+            # dbt-duckdb keeps one database handle per process: let it go
+            close_all = getattr(adapter.connections, "close_all_connections", None)
+            if close_all is not None:
+                close_all()
+
+
+def built_stats(
+    warehouse: Warehouse, models: list[str], days: list, failed_tests: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per model built and day of the window, its rows, net revenue and failed dbt tests, as
+    metadata."""
     empty = {str(d): (0, Decimal("0")) for d in days}
-
-    def per_day(rows) -> dict[str, dict[str, Any]]:
-        found = empty | {str(d): (n, net) for d, n, net in rows}
-        return {
-            day: {"dagster/row_count": n, "net_revenue": MetadataValue.float(float(net))}
-            for day, (n, net) in found.items()
-        }
-
-    return {"fact_sales": per_day(facts), "daily_revenue": per_day(rollups)}
+    stats = {}
+    with warehouse.read() as con:
+        for model in (m for m in models if m in FAILED_TEST_MODELS):  # the marts: names of ours
+            rows = con.execute(
+                f"SELECT dt, count(*), coalesce(sum(net_revenue), 0) FROM analytics.{model} "
+                "WHERE dt BETWEEN ? AND ? GROUP BY dt",
+                [days[0], days[-1]],
+            ).fetchall()
+            found = empty | {str(d): (n, net) for d, n, net in rows}
+            stats[model] = {
+                day: {
+                    "dagster/row_count": n,
+                    "net_revenue": MetadataValue.float(float(net)),
+                    "dbt_tests_failed": failed_tests.get(model, {}).get(day, 0),
+                }
+                for day, (n, net) in found.items()
+            }
+    return stats
 
 
 def classify_dbt_failure(error: Exception, invocation, days: list) -> Exception:

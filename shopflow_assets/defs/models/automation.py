@@ -3,8 +3,8 @@
 `AutomationCondition.eager()` only looks at the newest daily partition, so a re-export of last week
 would not rebuild last week. This is eager() without `in_latest_time_window()`: any day whose
 upstream partition was updated (or that is newly missing), never while an upstream partition is
-missing or in progress, and never twice at once. A failed upstream run updates nothing, so it
-triggers nothing.
+missing or in progress, never while an upstream day's blocking check (raw/orders' rejected share)
+failed, and never twice at once. A failed upstream run updates nothing, so it triggers nothing.
 """
 
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
@@ -14,6 +14,11 @@ ANY_DAY_EAGER = (
     (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()).since_last_handled()
     & ~AutomationCondition.any_deps_missing()
     & ~AutomationCondition.any_deps_in_progress()
+    # not all_deps_blocking_checks_passed(): a day whose check has no result tied to its newest
+    # materialization (ingested before the check existed, or in a range run) is not held back
+    & ~AutomationCondition.any_deps_match(
+        AutomationCondition.any_checks_match(AutomationCondition.check_failed(), blocking_only=True)
+    ).with_label("any upstream blocking check failed")
     & ~AutomationCondition.in_progress()
 ).with_label("eager, any day")
 
