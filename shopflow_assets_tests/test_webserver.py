@@ -49,9 +49,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def webserver_and_daemon(env: dict, port: int, tmp_path: Path):
+def webserver_and_daemon(env: dict, port: int, tmp_path: Path, daemon: bool = True):
     """`dagster-webserver` on 127.0.0.1:port and `dagster-daemon`, as `dagster dev` starts them;
-    their output in tmp_path/webserver.log and daemon.log."""
+    their output in tmp_path/webserver.log and daemon.log. `daemon=False`: the webserver alone."""
     from dagster import DagsterInstance
 
     # the instance's SQLite tables are created here, not by both processes at once
@@ -62,12 +62,15 @@ def webserver_and_daemon(env: dict, port: int, tmp_path: Path):
         subprocess.Popen(
             [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO_ROOT, env=env, stdout=webserver_log, stderr=subprocess.STDOUT, start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=REPO_ROOT, env=env, stdout=daemon_log, stderr=subprocess.STDOUT, start_new_session=True,
-        ),
+        )
     ]
+    if daemon:
+        processes.append(
+            subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                cwd=REPO_ROOT, env=env, stdout=daemon_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        )
     try:
         yield
     finally:

@@ -25,7 +25,7 @@ from dagster import (
 )
 
 from shopflow_assets.contract.asset_keys import FACT_SALES
-from shopflow_assets.core.check_results import per_day_result
+from shopflow_assets.core.check_results import per_day_results
 from shopflow_assets.core.run_window import days_of
 from shopflow_assets.defs.alerts.lateness import deadline_of, due_days
 
@@ -120,9 +120,8 @@ def build_on_time_check(*, partitions_def: DailyPartitionsDefinition, timezone: 
     )
     def on_time_check(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult | AssetCheckEvaluation]:
         now = dt.datetime.now(dt.timezone.utc)
-        for day in days_of(context.partition_time_window):
-            evaluation = on_time_evaluation(context.instance, day, timezone=timezone, now=now)
-            if evaluation is not None:
-                yield per_day_result(context, evaluation)
+        days = days_of(context.partition_time_window)
+        evaluations = [on_time_evaluation(context.instance, day, timezone=timezone, now=now) for day in days]
+        yield from per_day_results(context, [e for e in evaluations if e is not None])
 
     return on_time_check

@@ -25,7 +25,7 @@ from shopflow_assets.contract.raw_schema import TYPES
 from shopflow_assets.engines import Warehouse
 from shopflow_assets.engines.base import IngestCancelled
 from shopflow_assets.contract.export import BadExportError, ExportChangedError
-from shopflow_assets.core.check_results import per_day_result
+from shopflow_assets.core.check_results import per_day_results
 from shopflow_assets.core.retries import not_retried_when_cancelled
 from shopflow_assets.defs.ingest.checks import (
     HEADER,
@@ -119,7 +119,7 @@ def ingest(
             context.log.warning(f"{changed} Reading it again ({attempt}/{READS_OF_A_CHANGING_EXPORT}).")
         except BadExportError as error:  # permanent: retrying cannot fix the file
             if HEADER in checks:
-                yield from (per_day_result(context, e) for e in headers)
+                yield from per_day_results(context, headers)
             raise Failure(
                 description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
                 allow_retries=False,
@@ -138,10 +138,10 @@ def ingest(
         context.add_asset_metadata(summary.metadata(day), partition_key=day.isoformat())
     yield MaterializeResult(asset_key=RAW_ORDERS)
     if HEADER in checks:
-        yield from (per_day_result(context, e) for e in headers)
+        yield from per_day_results(context, headers)
     if REJECTED_SHARE in checks:
-        for day, load in summary.days.items():
-            yield per_day_result(context, rejected_share_evaluation(day, load, warehouse.max_rejected_share))
+        shares = [rejected_share_evaluation(day, load, warehouse.max_rejected_share) for day, load in summary.days.items()]
+        yield from per_day_results(context, shares)
 
 
 def finished_exports(landing: LandingZone, days: list) -> list[DayExport]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from dagster import (
+    AssetCheckKey,
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
@@ -227,13 +228,21 @@ def dbt_build(
     yield from outputs
     # the on-time check's own step reports the days when the run includes it; else it is done here
     built_fact_sales = any(context.asset_key_for_output(e.output_name) == FACT_SALES for e in outputs)
-    if built_fact_sales and ON_TIME_CHECK not in (context.run.asset_check_selection or set()):
+    if built_fact_sales and not runs_in_this_run(context, ON_TIME_CHECK):
         now = dt.datetime.now(dt.timezone.utc)
         for day in days:
             yield on_time_evaluation(context.instance, day, timezone=sla_timezone, now=now, building_now=True)
     yield from (e for e in events if not isinstance(e, Output))
     if failure is not None:
         raise failure
+
+
+def runs_in_this_run(context: AssetExecutionContext, check: AssetCheckKey) -> bool:
+    """Whether the run executes `check` in a step of its own (its job has it, and the run's
+    selection, if any, includes it)."""
+    selected = context.run.asset_check_selection
+    in_job = check in context.op_execution_context.job_def.asset_layer.asset_graph.asset_check_keys
+    return in_job and (selected is None or check in selected)
 
 
 def failed_tests_by_day(
@@ -296,7 +305,8 @@ def with_column_metadata(invocation, warehouse: Warehouse) -> Iterator[Any]:
         yield from invocation.stream()
         return
     try:
-        yield from invocation.stream().fetch_column_metadata(with_column_lineage=True)
+        for event in invocation.stream().fetch_column_metadata(with_column_lineage=True):
+            yield with_lineage_table(event)
     finally:
         adapter = invocation.adapter
         if adapter is not None:
@@ -305,6 +315,20 @@ def with_column_metadata(invocation, warehouse: Warehouse) -> Iterator[Any]:
             close_all = getattr(adapter.connections, "close_all_connections", None)
             if close_all is not None:
                 close_all()
+
+
+def with_lineage_table(event: Any) -> Any:
+    """The event, its column lineage also as a table the open-source UI shows (it draws
+    dagster/column_lineage only in Dagster+)."""
+    lineage = event.metadata.get("dagster/column_lineage") if isinstance(event, Output) else None
+    if lineage is None:
+        return event
+    rows = [
+        f"| `{column}` | {', '.join(f'`{d.asset_key.to_user_string()}.{d.column_name}`' for d in deps) or '(no upstream column)'} |"
+        for column, deps in lineage.value.deps_by_column.items()
+    ]
+    table = "\n".join(["| column | comes from |", "| --- | --- |", *rows])
+    return event.with_metadata({**event.metadata, "column_lineage": MetadataValue.md(table)})
 
 
 def built_stats(
