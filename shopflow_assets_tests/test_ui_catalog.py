@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import BIN, REPO_ROOT, command_env, csv_text, line
+from .conftest import BIN, REPO_ROOT, Landing, command_env, csv_text, line
 from .test_webserver import (
     ARTIFACTS,
     CHROMIUM,
@@ -19,6 +19,7 @@ from .test_webserver import (
     dagster_home,
     dismiss_welcome,
     free_port,
+    graphql,
     poll,
     webserver_and_daemon,
 )
@@ -26,10 +27,14 @@ from .test_webserver import (
 pytestmark = pytest.mark.slow  # a webserver, dbt and a browser
 
 
-@pytest.fixture
-def backfilled(landing, warehouse_path, tmp_path):
+@pytest.fixture(scope="module")
+def backfilled(tmp_path_factory):
     """Two recent days (the UI plots the newest partitions) with different row counts, built by
-    one backfill run of `raw/orders*`; then the webserver alone (no daemon: nothing else runs)."""
+    one backfill run of `raw/orders*`; then the webserver alone (no daemon: nothing else runs).
+    Shared by this module's tests, which only read."""
+    tmp_path = tmp_path_factory.mktemp("catalog")
+    (tmp_path / "landing").mkdir()
+    landing = Landing(tmp_path / "landing")
     today = dt.datetime.now(dt.timezone.utc).date()
     first, second = (today - dt.timedelta(days=n) for n in (3, 2))
     landing.export(first.isoformat(), {"a.csv": csv_text([line(f"F{i}", day=first.isoformat()) for i in range(3)])})
@@ -38,7 +43,7 @@ def backfilled(landing, warehouse_path, tmp_path):
         {"a.csv": csv_text([line(f"S{i}", day=second.isoformat()) for i in range(5)] + [line("bad", day=second.isoformat(), quantity="0")])},
     )
     port = free_port()
-    env = command_env(landing, warehouse_path, DAGSTER_HOME=str(dagster_home(tmp_path)))
+    env = command_env(landing, tmp_path / "warehouse" / "shopflow.duckdb", DAGSTER_HOME=str(dagster_home(tmp_path)))
     subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "shopflow_assets.definitions", "--select", "raw/orders*",
          "--partition-range", f"{first}...{second}"],
@@ -46,7 +51,7 @@ def backfilled(landing, warehouse_path, tmp_path):
     )
     with webserver_and_daemon(env, port, tmp_path, daemon=False):
         poll(port, lambda d: len(d["assetNodes"]) == 3, 180, tmp_path / "webserver.log")
-        yield f"http://127.0.0.1:{port}", first.isoformat(), second.isoformat()
+        yield port, first.isoformat(), second.isoformat(), env
 
 
 def open_page(page, url: str) -> None:
@@ -61,7 +66,8 @@ def row_of(page, label: str):
 def test_the_catalog_after_a_two_day_backfill(backfilled):
     from playwright.sync_api import expect, sync_playwright
 
-    base, first, second = backfilled
+    port, first, second, _ = backfilled
+    base = f"http://127.0.0.1:{port}"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -121,3 +127,62 @@ def test_the_catalog_after_a_two_day_backfill(backfilled):
         time.sleep(1)  # the chart animates in
         page.screenshot(path=ARTIFACTS / "ui-raw-orders-row-count-plot.png")
         browser.close()
+
+
+CATALOG_QUERY = """{ assetNodes(assetKeys: [{path: ["fact_sales"]}, {path: ["daily_revenue"]}, {path: ["raw", "orders"]}]) {
+  assetKey { path } kinds tags { key value }
+  owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } }
+  metadataEntries { label ... on TableSchemaMetadataEntry { schema { columns { name type } } } }
+  assetMaterializations(limit: 1) { metadataEntries { label
+    ... on TableSchemaMetadataEntry { schema { columns { name type } } }
+    ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } } } }
+} }"""
+
+
+def catalog(port: int) -> dict[str, dict]:
+    return {"/".join(n["assetKey"]["path"]): n for n in graphql(port, CATALOG_QUERY)["assetNodes"]}
+
+
+def entry(entries: list[dict], label: str) -> dict:
+    (found,) = [e for e in entries if e["label"] == label]
+    return found
+
+
+def test_graphql_owners_tags_kinds_column_types_and_lineage(backfilled, tmp_path):
+    port, _, _, env = backfilled
+    nodes = catalog(port)
+
+    for key, tags in (("raw/orders", {"domain": "orders", "layer": "raw"}), ("fact_sales", {"mart": "", "revenue": ""})):
+        assert nodes[key]["owners"] == [{"team": "data-platform"}]
+        assert tags.items() <= {t["key"]: t["value"] for t in nodes[key]["tags"]}.items()
+    assert set(nodes["raw/orders"]["kinds"]) == {"duckdb", "csv"}
+    assert set(nodes["fact_sales"]["kinds"]) == {"duckdb", "dbt"}
+
+    # types: raw/orders from the one schema definition, the marts from the dbt YAML and the warehouse
+    declared = {c["name"]: c["type"] for c in entry(nodes["raw/orders"]["metadataEntries"], "dagster/column_schema")["schema"]["columns"]}
+    assert declared["unit_price"] == "DECIMAL(18,2)" and declared["ordered_at"] == "TIMESTAMPTZ"
+    yaml_types = {c["name"]: c["type"] for c in entry(nodes["daily_revenue"]["metadataEntries"], "dagster/column_schema")["schema"]["columns"]}
+    assert yaml_types["net_revenue"] == "decimal(18,2)" and yaml_types["orders"] == "bigint"
+    (built,) = nodes["fact_sales"]["assetMaterializations"]
+    built_types = {c["name"]: c["type"] for c in entry(built["metadataEntries"], "dagster/column_schema")["schema"]["columns"]}
+    assert built_types["net_revenue"] == "DECIMAL(18,2)" and built_types["dt"] == "DATE"
+
+    def edges(key: str) -> dict[str, set[str]]:
+        (latest,) = nodes[key]["assetMaterializations"]
+        lineage = entry(latest["metadataEntries"], "dagster/column_lineage")["lineage"]
+        return {e["columnName"]: {"/".join(d["assetKey"]["path"]) + "." + d["columnName"] for d in e["columnDeps"]} for e in lineage}
+
+    assert edges("fact_sales")["net_revenue"] == {"raw/orders.quantity", "raw/orders.unit_price", "raw/orders.discount"}
+    assert edges("fact_sales")["customer_id"] == {"raw/orders.customer_id"}
+    assert edges("daily_revenue")["orders"] == {"fact_sales.order_id"}
+    assert edges("daily_revenue")["net_revenue"] == {"fact_sales.net_revenue"}
+
+    # the same code location bound to Spark: the kinds follow the engine
+    spark_port = free_port()
+    with webserver_and_daemon({**env, "SHOPFLOW_ENGINE": "spark"}, spark_port, tmp_path, daemon=False):
+        poll(spark_port, lambda d: len(d["assetNodes"]) == 3, 180, tmp_path / "webserver.log")
+        spark = catalog(spark_port)
+    assert set(spark["raw/orders"]["kinds"]) == {"spark", "csv"}
+    assert set(spark["fact_sales"]["kinds"]) == {"spark", "dbt"}
+    assert set(spark["daily_revenue"]["kinds"]) == {"spark", "dbt"}
+    assert spark["fact_sales"]["owners"] == [{"team": "data-platform"}]
