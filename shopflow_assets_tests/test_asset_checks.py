@@ -98,8 +98,8 @@ def test_a_missing_column_fails_the_ingest_and_its_day_s_header_check(landing, r
     assert header.metadata["missing_columns"].value == {"dt=2024-03-01/part-1.csv": ["discount"]}
 
 
-def test_a_hostile_header_is_reported_bounded(landing, run, instance):
-    hostile = [f"{'x' * 5000}{i}" for i in range(200)]
+def test_a_hostile_header_is_reported_bounded_and_as_text(landing, run, instance):
+    hostile = ["[click](http://evil.example)", *(f"{'x' * 5000}{i}" for i in range(199))]
     landing.export(DAY, {"a.csv": csv_text([{**line("A"), **{h: "1" for h in hostile}}], columns=[*REQUIRED_COLUMNS, *hostile])})
 
     result = run(DAY, selection="raw/orders")
@@ -108,7 +108,8 @@ def test_a_hostile_header_is_reported_bounded(landing, run, instance):
     header = check_results(instance, RAW_ORDERS, HEADER)[DAY]
     (shown,) = header.metadata["extra_columns"].value.values()
     assert len(shown) == 51 and shown[-1] == "... and 150 more" and max(len(s) for s in shown) <= 103
-    assert len(header.description) <= 2000
+    assert shown[0] == "[click](http://evil.example)"  # in the JSON metadata, shown as text
+    assert "evil" not in header.description and "xxx" not in header.description
 
 
 def test_the_automation_holds_back_the_models_of_a_day_whose_share_failed(landing, resources, instance, run):

@@ -93,8 +93,8 @@ def header_evaluation(export: DayExport) -> AssetCheckEvaluation:
         display = display_name(export.folder, f.name)
         try:
             missing, extra = header_differences(read_header(f.path, f.gzip, display))
-        except BadExportError as error:  # the ingest fails on it with the same words
-            unreadable.append(str(error))
+        except BadExportError:  # the ingest fails on it, saying why
+            unreadable.append(display)
             continue
         if missing:
             missing_by_file[display] = missing
@@ -115,6 +115,7 @@ def header_evaluation(export: DayExport) -> AssetCheckEvaluation:
             "extra_columns": MetadataValue.json(extra_by_file),
             "files_with_missing_columns": len(missing_by_file),
             "files_with_extra_columns": len(extra_by_file),
+            "unreadable_files": MetadataValue.json(unreadable),
         },
     )
 
@@ -134,10 +135,15 @@ def shown_columns(names: Sequence[str]) -> list[str]:
 def header_description(
     missing: dict[str, list[str]], extra: dict[str, list[str]], unreadable: Sequence[str], files: int
 ) -> str:
+    """Counts only: names written by the exporter (files, columns) stay in the JSON metadata, where
+    the UI shows them as text, never as markdown."""
     if not (missing or extra or unreadable):
         return f"All {files} file(s) have exactly the contract's columns."
-    parts = [f"{name}: missing {', '.join(columns)}" for name, columns in missing.items()]
-    parts += [f"{name}: not in the contract (not loaded) {', '.join(columns)}" for name, columns in extra.items()]
-    parts += list(unreadable)
-    shown = "; ".join(parts[:5]) + (f"; and {len(parts) - 5} more" if len(parts) > 5 else "")
-    return shown[:2000]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} file(s) lack contract columns (missing_columns); the ingest fails")
+    if extra:
+        parts.append(f"{len(extra)} file(s) have columns the contract does not know, not loaded (extra_columns)")
+    if unreadable:
+        parts.append(f"{len(unreadable)} file(s) have no readable header; the ingest fails")
+    return f"Of {files} file(s): " + "; ".join(parts) + "."
