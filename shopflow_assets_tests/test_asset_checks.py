@@ -190,3 +190,16 @@ def test_failed_dbt_tests_are_counted_per_day_in_a_range(landing, resources, ins
     assert failed == {DAY: 0, NEXT: 1}
     rows = {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value for r in records}
     assert rows == {DAY: 1, NEXT: 2}
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles", "Europe/Berlin", "Asia/Tokyo", "Australia/Perth", "Pacific/Kiritimati"])
+def test_each_day_s_deadline_is_the_one_at_which_the_late_alert_judges_it(timezone):
+    from shopflow_assets.defs.alerts.lateness import due_days
+
+    for n in range(366):  # a year, both DST changes included
+        day = dt.date(2024, 1, 1) + dt.timedelta(days=n)
+        deadline = deadline_for(day, timezone)
+        assert day in due_days(deadline, timezone)[0]
+        earlier = deadline - dt.timedelta(days=1)
+        assert day not in due_days(earlier, timezone)[0] or due_days(earlier, timezone)[1] >= deadline
+        assert deadline.astimezone(dt.timezone.utc) > dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), dt.timezone.utc) - dt.timedelta(seconds=1)
