@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import time
 
 import pytest
 from dagster import (
@@ -180,14 +181,18 @@ def test_failed_dbt_tests_are_counted_per_day_in_a_range(landing, resources, ins
     landing.export(NEXT, {"a.csv": csv_text([line("B", day=NEXT)])})
     assert range_run(resources, instance, DAY, NEXT).success
     with duckdb.connect(str(warehouse_path)) as con:  # a bad row on NEXT only, behind the ingest's back
-        con.execute("INSERT INTO raw.orders SELECT * REPLACE ('Z' AS order_id, 0 AS quantity) FROM raw.orders WHERE dt = ?", [NEXT])
+        con.execute(
+            "INSERT INTO raw.orders SELECT * REPLACE ('Z' AS order_id, 0 AS quantity, -1.00 AS unit_price) "
+            "FROM raw.orders WHERE dt = ?",
+            [NEXT],
+        )
 
     result = range_run(resources, instance, DAY, NEXT, selection=["fact_sales", "daily_revenue"])
 
     assert not result.success
     records = instance.fetch_materializations(FACT_SALES, limit=2).records
     failed = {r.asset_materialization.partition: r.asset_materialization.metadata["dbt_tests_failed"].value for r in records}
-    assert failed == {DAY: 0, NEXT: 1}
+    assert failed == {DAY: 0, NEXT: 2}  # quantity >= 1 and unit_price >= 0
     rows = {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value for r in records}
     assert rows == {DAY: 1, NEXT: 2}
 
@@ -196,10 +201,76 @@ def test_failed_dbt_tests_are_counted_per_day_in_a_range(landing, resources, ins
 def test_each_day_s_deadline_is_the_one_at_which_the_late_alert_judges_it(timezone):
     from shopflow_assets.defs.alerts.lateness import due_days
 
-    for n in range(366):  # a year, both DST changes included
-        day = dt.date(2024, 1, 1) + dt.timedelta(days=n)
-        deadline = deadline_for(day, timezone)
-        assert day in due_days(deadline, timezone)[0]
-        earlier = deadline - dt.timedelta(days=1)
-        assert day not in due_days(earlier, timezone)[0] or due_days(earlier, timezone)[1] >= deadline
-        assert deadline.astimezone(dt.timezone.utc) > dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), dt.timezone.utc) - dt.timedelta(seconds=1)
+    judged: dict[dt.date, list[dt.datetime]] = {}
+    for n in range(370):  # every deadline of a year, both DST changes included
+        days, deadline = due_days(dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc) + dt.timedelta(days=n), timezone)
+        for day in days:
+            judged.setdefault(day, []).append(deadline)
+    for day in (dt.date(2024, 1, 1) + dt.timedelta(days=n) for n in range(10, 360)):
+        assert judged[day] == [deadline_for(day, timezone)], day  # one deadline, the same one
+        end_of_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), dt.timezone.utc)
+        assert deadline_for(day, timezone) > end_of_day  # never before the day has ended
+
+
+def test_a_range_of_one_day_keeps_its_day_s_results(landing, resources, instance):
+    landing.export(DAY, {"a.csv": csv_text([line("A")])})
+
+    assert range_run(resources, instance, DAY, DAY).success
+
+    assert check_results(instance, RAW_ORDERS, REJECTED_SHARE)[DAY].passed
+    assert check_results(instance, RAW_ORDERS, HEADER)[DAY].passed
+
+
+def test_the_checks_alone_judge_the_stored_day_and_change_nothing(landing, run, resources, instance, warehouse_path):
+    from .conftest import snapshot
+
+    landing.export(DAY, {"x.csv.gz": junk_lines(100, 700, DAY), "y.csv.gz": junk_lines(100, 700, DAY)})
+    assert run(DAY, selection="raw/orders").success
+    before = snapshot(warehouse_path)
+    landing.export(DAY, {"z.csv": csv_text([{**line("Z"), "coupon": "1"}], columns=[*REQUIRED_COLUMNS, "coupon"])})
+
+    # what the UI's "Execute" on the checks launches: the asset job, its checks selected alone
+    checks = {AssetCheckKey(RAW_ORDERS, REJECTED_SHARE), AssetCheckKey(RAW_ORDERS, HEADER)}
+    job = Definitions(assets=ALL_ASSETS, resources=resources).resolve_implicit_global_asset_job_def()
+    checks_only = job.get_subset(asset_selection=set(), asset_check_selection=checks).execute_in_process(
+        partition_key=DAY, instance=instance, raise_on_error=False
+    )
+
+    assert checks_only.success, failure_messages(checks_only)
+    assert snapshot(warehouse_path) == before  # nothing ingested again
+    assert len(instance.fetch_materializations(RAW_ORDERS, limit=10).records) == 1
+    assert not check_results(instance, RAW_ORDERS, REJECTED_SHARE)[DAY].passed  # what was loaded
+    assert check_results(instance, RAW_ORDERS, HEADER)[DAY].metadata["extra_columns"].value == {
+        "dt=2024-03-01/z.csv": ["coupon"]  # the export as it is now
+    }
+
+
+@pytest.mark.slow
+def test_a_day_whose_share_failed_is_ingested_and_its_models_wait(landing, run, instance, warehouse_path):
+    from .conftest import query
+
+    landing.export(DAY, {"x.csv.gz": junk_lines(100, 700, DAY), "y.csv.gz": junk_lines(100, 700, DAY)})
+
+    result = run(DAY)  # raw/orders and its models in one run, as the export sensor starts them
+
+    assert result.success, failure_messages(result)
+    assert query(warehouse_path, "SELECT count(*) FROM raw.orders") == [(200,)]
+    assert instance.fetch_materializations(FACT_SALES, limit=1).records == []
+    said = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("rejected_share check failed for 2024-03-01" in m and "not built for it" in m for m in said)
+
+
+def test_a_rebuild_neither_makes_an_on_time_day_late_nor_a_late_day_later(instance):
+    now = dt.datetime.now(dt.timezone.utc)
+    today = now.date()
+    for _ in range(2):
+        instance.report_runless_asset_event(AssetMaterialization(FACT_SALES, partition=today.isoformat()))
+    assert on_time_evaluation(instance, today, timezone="UTC", now=now).passed
+
+    past = dt.date(2024, 3, 1)
+    instance.report_runless_asset_event(AssetMaterialization(FACT_SALES, partition=past.isoformat()))
+    first = instance.fetch_materializations(FACT_SALES, limit=1).records[0].timestamp
+    time.sleep(1.1)
+    instance.report_runless_asset_event(AssetMaterialization(FACT_SALES, partition=past.isoformat()))
+    late = on_time_evaluation(instance, past, timezone="UTC", now=dt.datetime.now(dt.timezone.utc))
+    assert not late.passed and late.metadata["built_at"].value == pytest.approx(first)

@@ -267,9 +267,11 @@ def header_key(name: str) -> str:
 
 
 def header_differences(written: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(required columns missing, columns the contract does not know) of a header as written."""
+    """(required columns missing or written twice, columns the contract does not know) of a header
+    as written."""
     keys = [header_key(name) for name in written]
-    missing = [c for c in REQUIRED_COLUMNS if c not in keys]
+    # a column written twice is as good as missing: which one would hold the data?
+    missing = [c for c in REQUIRED_COLUMNS if keys.count(c) != 1]
     extra = [name for name, key in zip(written, keys) if key not in REQUIRED_COLUMNS]
     return missing, extra
 

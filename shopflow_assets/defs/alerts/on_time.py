@@ -1,9 +1,10 @@
 """The 08:00 promise as fact_sales' check history: one result per day, "was D on time?".
 
 A day is on time when a materialization of it exists from before its deadline (a later rebuild
-does not make it late). The result is written when the day is built: by this check's own step
-when the run includes it (a run from the UI or the CLI), else by the dbt step (the automation's
-runs); and by the alerts sensor at the deadline when the day is not there.
+does not make it late); a late day is as late as its first build after the deadline. The result is
+written when the day is built: by this check's own step when the run includes it, else (a run
+that leaves the check out, or whose build failed) by the dbt step; and by the alerts sensor at the
+deadline when the day is not there.
 """
 
 import datetime as dt
@@ -54,9 +55,14 @@ def first_on_time(instance: DagsterInstance, day: dt.date, deadline: dt.datetime
     return dt.datetime.fromtimestamp(records[0].timestamp, dt.timezone.utc) if records else None
 
 
-def latest_build(instance: DagsterInstance, day: dt.date) -> dt.datetime | None:
+def first_late_build(instance: DagsterInstance, day: dt.date, deadline: dt.datetime) -> dt.datetime | None:
+    """When `day` was first materialized after its deadline, if it was."""
     records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=FACT_SALES, asset_partitions=[day.isoformat()]), limit=1
+        AssetRecordsFilter(
+            asset_key=FACT_SALES, asset_partitions=[day.isoformat()], after_timestamp=deadline.timestamp()
+        ),
+        limit=1,
+        ascending=True,
     ).records
     return dt.datetime.fromtimestamp(records[0].timestamp, dt.timezone.utc) if records else None
 
@@ -70,7 +76,7 @@ def on_time_evaluation(
     on_time = first_on_time(instance, day, deadline)
     if on_time is None and building_now and now < deadline:
         on_time = now
-    arrived = on_time or (now if building_now else latest_build(instance, day))
+    arrived = on_time or first_late_build(instance, day, deadline) or (now if building_now else None)
     if arrived is None and now < deadline:
         return None
     if on_time is not None:

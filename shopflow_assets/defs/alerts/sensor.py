@@ -32,6 +32,7 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    get_dagster_logger,
     sensor,
 )
 
@@ -288,11 +289,14 @@ def new_alerts(
     alerts += [Alert(f"{m.kind.lower()}:{m.day}", m.kind, m.text, now) for m in lateness]
     # a day missing at its deadline has no build to report it: its on-time check fails here
     for late in (m for m in lateness if m.kind == "LATE"):
-        evaluation = on_time_evaluation(
-            instance, late.day, timezone=settings.sla_timezone, now=dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        )
-        if evaluation is not None:
-            instance.report_runless_asset_event(evaluation)
+        try:  # the check's history is no reason to hold back the alerts
+            evaluation = on_time_evaluation(
+                instance, late.day, timezone=settings.sla_timezone, now=dt.datetime.fromtimestamp(now, dt.timezone.utc)
+            )
+            if evaluation is not None:
+                instance.report_runless_asset_event(evaluation)
+        except Exception as error:  # noqa: BLE001
+            get_dagster_logger().warning(f"The on-time check of {late.day} was not recorded: {error}")
     return alerts
 
 

@@ -34,6 +34,7 @@ from dagster_dbt.errors import DagsterDbtCliRuntimeError
 from shopflow_assets.contract.asset_keys import FACT_SALES
 from shopflow_assets.core.retries import not_retried_when_cancelled
 from shopflow_assets.defs.alerts.on_time import ON_TIME_CHECK, on_time_evaluation
+from shopflow_assets.defs.ingest.checks import held_back_days
 from shopflow_assets.core.run_window import WAREHOUSE_POOL, days_of, rerun_command
 from shopflow_assets.defs.models.automation import ANY_DAY_EAGER
 from shopflow_assets.defs.models.project import shopflow_dbt_project
@@ -182,6 +183,19 @@ def dbt_build(
     whether each day of fact_sales was on time."""
     # A backfill of a range is one run, where context.partition_key raises: use the time window.
     days = days_of(context.partition_time_window)
+    held = held_back_days(context.instance, [d.isoformat() for d in days], warehouse.max_rejected_share)
+    if held:
+        why = (
+            f"raw/orders' rejected_share check failed for {', '.join(held[:10])}: more than "
+            f"SHOPFLOW_MAX_REJECTED_SHARE={warehouse.max_rejected_share:g} of the day's lines were rejected"
+        )
+        if len(days) == 1:
+            context.log.warning(
+                f"{why}. fact_sales and daily_revenue are not built for it: re-export the day, or raise "
+                "SHOPFLOW_MAX_REJECTED_SHARE and re-run raw/orders."
+            )
+            return
+        context.log.warning(f"{why}. A range is built whole: built all the same.")
     env = dbt_environment(days, warehouse)
     context.log.info(f"dbt build for [{env['SHOPFLOW_DBT_MIN_DATE']}, {env['SHOPFLOW_DBT_MAX_DATE']})")
     # dagster-dbt runs dbt in the assets' project (not the resource's project_dir, if they differ)
@@ -228,7 +242,8 @@ def dbt_build(
     yield from outputs
     # the on-time check's own step reports the days when the run includes it; else it is done here
     built_fact_sales = any(context.asset_key_for_output(e.output_name) == FACT_SALES for e in outputs)
-    if built_fact_sales and not runs_in_this_run(context, ON_TIME_CHECK):
+    # (a failed build skips the check's step: then here too)
+    if built_fact_sales and (failure is not None or not runs_in_this_run(context, ON_TIME_CHECK)):
         now = dt.datetime.now(dt.timezone.utc)
         for day in days:
             yield on_time_evaluation(context.instance, day, timezone=sla_timezone, now=now, building_now=True)
@@ -264,7 +279,8 @@ def failed_tests_by_day(
     for day in days:
         with environment(dbt_environment([day], warehouse)):
             retest = dbt.cli(
-                ["test", "--select", *names, "--target", warehouse.dbt_target],
+                # one --select value, names separated by spaces (dagster-dbt keeps one --select)
+                ["test", "--select", " ".join(names), "--target", warehouse.dbt_target],
                 target_path=runs_dir / f"{context.run_id}-tests-{day}",
                 raise_on_error=False,
             ).wait()
@@ -289,9 +305,18 @@ def failed_tests(invocation, nodes: Mapping[str, Any]) -> dict[str, list[str]]:
         node = nodes.get(result["unique_id"], {})
         if node.get("resource_type") != "test" or result.get("status") not in ("fail", "error"):
             continue
-        model = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), "")
-        failed.setdefault(nodes.get(model, {}).get("name", model), []).append(node["name"])
+        failed.setdefault(tested_model(node, nodes), []).append(node["name"])
     return failed
+
+
+def tested_model(test: Mapping[str, Any], nodes: Mapping[str, Any]) -> str:
+    """The model a dbt test is a check of in Dagster: its `meta.dagster.ref` (a singular test that
+    reads several models), else the model it is attached to, else the first it reads."""
+    ref = ((test.get("config") or {}).get("meta") or {}).get("dagster", {}).get("ref") or {}
+    if ref.get("name"):
+        return ref["name"]
+    model = test.get("attached_node") or next(iter(test.get("depends_on", {}).get("nodes", [])), "")
+    return nodes.get(model, {}).get("name", model)
 
 
 def with_column_metadata(invocation, warehouse: Warehouse) -> Iterator[Any]:
