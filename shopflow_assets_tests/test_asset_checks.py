@@ -258,6 +258,10 @@ def test_a_day_whose_share_failed_is_ingested_and_its_models_wait(landing, run, 
     assert instance.fetch_materializations(FACT_SALES, limit=1).records == []
     said = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("rejected_share check failed for 2024-03-01" in m and "not built for it" in m for m in said)
+    # at the deadline, the LATE alert says why
+    past_deadline = dt.datetime(2024, 3, 2, 8, 1, tzinfo=dt.timezone.utc).timestamp()
+    (late,) = new_alerts(instance, LandingZone(root=str(landing.root)), AlertsCursor(), past_deadline, TEST_SETTINGS)[-1:]
+    assert late.kind == "LATE" and "more than SHOPFLOW_MAX_REJECTED_SHARE of its lines were rejected" in late.text
 
 
 def test_a_rebuild_neither_makes_an_on_time_day_late_nor_a_late_day_later(instance):

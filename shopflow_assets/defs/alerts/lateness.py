@@ -21,6 +21,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 
 from shopflow_assets.contract.asset_keys import FACT_SALES, RAW_ORDERS
 from shopflow_assets.defs.alerts.messages import Mrkdwn, late_message, literal, plain, recovered_message, run_url
+from shopflow_assets.defs.ingest.checks import held_back_days
 from shopflow_assets.defs.ingest.landing_zone import SUCCESS_MARKER, LandingZone
 from shopflow_assets.core.partitions import last_complete_day
 from shopflow_assets.core.run_window import days_of_run_tags
@@ -88,7 +89,9 @@ def _runs_for(instance: DagsterInstance, day: dt.date, statuses: list[DagsterRun
     return [r for r in runs if day in days_of_run_tags(r.tags)]
 
 
-def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, ui_url: str) -> Mrkdwn:
+def why_missing(
+    instance: DagsterInstance, landing: LandingZone, day: dt.date, ui_url: str, max_rejected_share: float = 0.5
+) -> Mrkdwn:
     """What stands between `day`'s export and its fact_sales, in words a person can act on (Slack
     text: the landing zone's path shown as it is)."""
     running = _runs_for(instance, day, IN_PROGRESS)
@@ -102,6 +105,12 @@ def why_missing(instance: DagsterInstance, landing: LandingZone, day: dt.date, u
         if failed:
             return Mrkdwn(f"ingest failed: {run_url(ui_url, failed[0].run_id)}")
         return Mrkdwn("export landed but raw/orders has not been ingested (is the export sensor running?)")
+    if held_back_days(instance, [day.isoformat()], max_rejected_share):
+        return Mrkdwn(
+            "raw/orders is loaded, but more than SHOPFLOW_MAX_REJECTED_SHARE of its lines were rejected "
+            "(check rejected_share): its models wait for a re-export, or for the setting to be raised "
+            "and raw/orders re-run"
+        )
     if failed:
         return Mrkdwn(f"raw/orders is loaded, the dbt build failed: {run_url(ui_url, failed[0].run_id)}")
     return Mrkdwn("raw/orders is loaded but fact_sales has not been built (is the daemon running?)")
@@ -134,6 +143,7 @@ def evaluate_lateness(
     timezone: str,
     ui_url: str,
     start_date: dt.date,
+    max_rejected_share: float = 0.5,
 ) -> tuple[list[LatenessAlert], LatenessState]:
     """Messages to send at `now`, and the new state. At most one LATE per day, ever."""
     messages: list[LatenessAlert] = []
@@ -142,7 +152,7 @@ def evaluate_lateness(
         if day < start_date or str(day) in state.late:
             continue
         if materialized_at(instance, FACT_SALES, day) is None:
-            reason = why_missing(instance, landing, day, ui_url)
+            reason = why_missing(instance, landing, day, ui_url, max_rejected_share)
             messages.append(LatenessAlert("LATE", day, late_message(day=day, deadline=deadline, reason=reason, ui_url=ui_url)))
             state.late.append(str(day))
     for late_day in [d for d in state.late if d not in state.recovered]:

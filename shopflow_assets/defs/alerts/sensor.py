@@ -285,6 +285,7 @@ def new_alerts(
         timezone=settings.sla_timezone,
         ui_url=settings.ui_url,
         start_date=settings.start_date,
+        max_rejected_share=settings.max_rejected_share,
     )
     alerts += [Alert(f"{m.kind.lower()}:{m.day}", m.kind, m.text, now) for m in lateness]
     # a day missing at its deadline has no build to report it: its on-time check fails here
