@@ -100,6 +100,33 @@ def test_export_sensor_leaves_an_export_that_was_pushed_to_its_run(landing, inst
     assert tick(landing, cursor, instance=instance)[0] == [("2024-03-01", DAY_RUN)]
 
 
+def test_export_sensor_leaves_days_a_range_backfill_ingested_or_is_ingesting(landing, instance, resources):
+    """A backfill of a range is one run with no export tag: while it is queued or running its days
+    wait, and the exports it read (named in each day's metadata) are not requested again; a
+    re-export afterwards is."""
+    from dagster import materialize
+
+    from shopflow_assets.definitions import defs
+    from .conftest import ALL_ASSETS
+
+    days = {"2024-03-01": "A", "2024-03-02": "B"}
+    for day, order in days.items():
+        landing.export(day, {"a.csv": csv_text([line(order, day=day)])})
+    range_tags = {"dagster/asset_partition_range_start": "2024-03-01", "dagster/asset_partition_range_end": "2024-03-02"}
+    queued = instance.create_run_for_job(defs.resolve_job_def("shopflow_daily_job"), tags=range_tags)
+    requests, cursor = tick(landing, instance=instance)
+    assert requests == []  # the queued range may build them
+    instance.report_run_failed(queued)
+
+    assert materialize(ALL_ASSETS, selection="raw/orders", resources=resources, instance=instance, tags=range_tags).success
+
+    requests, cursor = tick(landing, cursor, instance=instance)
+    assert requests == []
+    assert set(json.loads(cursor)["requested"]) == set(days)
+    landing.export("2024-03-02", {"a.csv": csv_text([line("B", day="2024-03-02")]), "b.csv": csv_text([line("C", day="2024-03-02")])})
+    assert tick(landing, cursor, instance=instance)[0] == [("2024-03-02", DAY_RUN)]
+
+
 def test_export_sensor_never_skips_an_older_day_landing_late(landing):
     landing.export("2024-03-05", {"a.csv": csv_text([line("A", day="2024-03-05")])})
     _, cursor = tick(landing)

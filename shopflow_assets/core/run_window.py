@@ -39,6 +39,8 @@ PARTITION_TAG = "dagster/partition"
 # The export a run builds, `<day>:<fingerprint>`: set by the export sensor and by
 # `shopflow-push-export`, so that neither starts a day the other already started.
 EXPORT_TAG = "shopflow/export"
+# raw/orders' per-day metadata: the fingerprint of the export the ingest read
+EXPORT_METADATA = "export_fingerprint"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 

@@ -36,7 +36,7 @@ from shopflow_assets.defs.ingest.checks import (
     rejected_share_evaluation,
 )
 from shopflow_assets.defs.ingest.landing_zone import DayExport, ExportNotReady, LandingZone, LandingZoneMissing
-from shopflow_assets.core.run_window import EXPORT_TAG, WAREHOUSE_POOL, days_of, export_tag_value, rerun_command
+from shopflow_assets.core.run_window import EXPORT_METADATA, EXPORT_TAG, WAREHOUSE_POOL, days_of, export_tag_value, rerun_command
 
 # Who answers for raw/orders, and how it is tagged in the UI (the dbt models': dbt_project.yml).
 OWNERS = ["team:data-platform"]
@@ -138,8 +138,10 @@ def ingest(
             allow_retries=True,
         )
     # Each day's own numbers on its own materialization (a range is one run: see the README).
+    fingerprints = {export.day: export.fingerprint for export in exports}
     for day in days:
-        context.add_asset_metadata(summary.metadata(day), partition_key=day.isoformat())
+        metadata = {**summary.metadata(day), EXPORT_METADATA: fingerprints[day]}
+        context.add_asset_metadata(metadata, partition_key=day.isoformat())
     yield MaterializeResult(asset_key=RAW_ORDERS)
     if HEADER in checks:
         yield from per_day_results(context, headers)

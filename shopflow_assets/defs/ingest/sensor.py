@@ -13,9 +13,10 @@ exists (just before UTC midnight, or with the daemon's clock behind) is requeste
 What is under `orders/` but is not a day folder is skipped with a warning, once per name.
 
 An export that already has a run tagged with it (`shopflow-push-export`, or a run that found the
-export changed under it and built the newer one: see raw/orders) is not requested again; while a run
-of the day is queued or running, a newer export of that day waits for it to end, since that run may
-build it.
+export changed under it and built the newer one: see raw/orders), or that the newest ingest of its day
+read (a backfill of a range: its per-day metadata names the export), is not requested again; while a
+run of the day (or of a range holding it) is queued or running, a newer export of that day waits for
+it to end, since that run may build it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 
 from dagster import (
+    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -37,7 +39,7 @@ from dagster import (
 
 from shopflow_assets.contract.asset_keys import DAILY_REVENUE, FACT_SALES, RAW_ORDERS
 from shopflow_assets.core.partitions import is_partition
-from shopflow_assets.core.run_window import EXPORT_TAG, PARTITION_TAG, export_tag_value
+from shopflow_assets.core.run_window import EXPORT_METADATA, EXPORT_TAG, days_of_run_tags, export_tag_value
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 IN_PROGRESS = [
@@ -47,6 +49,7 @@ IN_PROGRESS = [
     DagsterRunStatus.STARTED,
 ]
 REMEMBERED_NAMES = 200  # names warned about, kept in the cursor so that each is warned about once
+IN_PROGRESS_RUNS_LOOKED_AT = 500  # far more than the instance runs at once (4)
 
 
 def utc_now() -> dt.datetime:
@@ -73,6 +76,20 @@ def _warn_once(context: SensorEvaluationContext, cursor: dict, key: str, message
     cursor["warned"] = (cursor["warned"] + [key])[-REMEMBERED_NAMES:]
 
 
+def days_in_progress(instance) -> set[str]:
+    """The days of the runs queued or running, one day or a range each."""
+    runs = instance.get_runs(RunsFilter(statuses=IN_PROGRESS), limit=IN_PROGRESS_RUNS_LOOKED_AT)
+    return {day.isoformat() for run in runs for day in days_of_run_tags(run.tags)}
+
+
+def ingested_export(instance, day: str) -> str | None:
+    """The fingerprint of the export that the newest ingest of `day` read (its metadata)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=RAW_ORDERS, asset_partitions=[day]), limit=1).records
+    metadata = records[0].asset_materialization.metadata if records and records[0].asset_materialization else {}
+    entry = metadata.get(EXPORT_METADATA)
+    return str(entry.value) if entry is not None else None
+
+
 def build_export_sensor(*, start_date: dt.date, interval_seconds: int) -> SensorDefinition:
     """The export sensor for partitions from `start_date`, ticking every `interval_seconds`."""
 
@@ -96,6 +113,7 @@ def requests_for_landed_exports(context: SensorEvaluationContext, landing: Landi
     requested: dict[str, str] = cursor["requested"]
     now = utc_now()
     requests, waiting = [], []
+    in_progress: set[str] | None = None
     for entry in landing.scan_orders():
         if entry.day is None:
             _warn_once(
@@ -125,8 +143,14 @@ def requests_for_landed_exports(context: SensorEvaluationContext, landing: Landi
             context.log.info(f"Export dt={day} already has its run (pushed, or built by an earlier run)")
             requested[day] = fingerprint
             continue
-        if context.instance.get_run_records(RunsFilter(tags={PARTITION_TAG: day}, statuses=IN_PROGRESS), limit=1):
+        if in_progress is None:  # looked up once a tick, and only when a day needs it
+            in_progress = days_in_progress(context.instance)
+        if day in in_progress:
             waiting.append(day)  # that run may build this export: look again when it ends
+            continue
+        if ingested_export(context.instance, day) == fingerprint:
+            context.log.info(f"Export dt={day} is already ingested (by a run over several days)")
+            requested[day] = fingerprint
             continue
         requested[day] = fingerprint
         requests.append(
