@@ -67,10 +67,15 @@ def share_failed(load: DayLoad, max_share: float) -> bool:
     return lines >= MIN_LINES_FOR_REJECTED_SHARE and load.rows_rejected > max_share * lines
 
 
+def newest_ingest_metadata(instance: DagsterInstance, day: str) -> dict:
+    """The metadata of the newest raw/orders materialization of `day` ({} if none)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=RAW_ORDERS, asset_partitions=[day]), limit=1).records
+    return dict(records[0].asset_materialization.metadata) if records and records[0].asset_materialization else {}
+
+
 def loaded(instance: DagsterInstance, day: str) -> DayLoad | None:
     """What the newest ingest of `day` loaded and rejected (its materialization's metadata)."""
-    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=RAW_ORDERS, asset_partitions=[day]), limit=1).records
-    metadata = records[0].asset_materialization.metadata if records and records[0].asset_materialization else {}
+    metadata = newest_ingest_metadata(instance, day)
     if "rows_loaded" not in metadata or "rows_rejected" not in metadata:
         return None
     return DayLoad(rows_loaded=int(metadata["rows_loaded"].value), rows_rejected=int(metadata["rows_rejected"].value))

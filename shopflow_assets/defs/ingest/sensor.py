@@ -25,7 +25,6 @@ import datetime as dt
 import json
 
 from dagster import (
-    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -40,6 +39,7 @@ from dagster import (
 from shopflow_assets.contract.asset_keys import DAILY_REVENUE, FACT_SALES, RAW_ORDERS
 from shopflow_assets.core.partitions import is_partition
 from shopflow_assets.core.run_window import EXPORT_METADATA, EXPORT_TAG, days_of_run_tags, export_tag_value
+from shopflow_assets.defs.ingest.checks import newest_ingest_metadata
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 IN_PROGRESS = [
@@ -84,9 +84,7 @@ def days_in_progress(instance) -> set[str]:
 
 def ingested_export(instance, day: str) -> str | None:
     """The fingerprint of the export that the newest ingest of `day` read (its metadata)."""
-    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=RAW_ORDERS, asset_partitions=[day]), limit=1).records
-    metadata = records[0].asset_materialization.metadata if records and records[0].asset_materialization else {}
-    entry = metadata.get(EXPORT_METADATA)
+    entry = newest_ingest_metadata(instance, day).get(EXPORT_METADATA)
     return str(entry.value) if entry is not None else None
 
 
