@@ -46,6 +46,7 @@ class Settings:
     git_branch: str
     spark_master: str
     spark_warehouse: str  # a path, or a URI (file://, hdfs://, s3a://)
+    spark_thrift: str  # host:port of the Spark Thrift Server dbt runs through
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +77,7 @@ class Settings:
             git_branch=get("SHOPFLOW_GIT_BRANCH", "main"),
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
             spark_warehouse=_path_or_uri(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
+            spark_thrift=_parse_host_port("SHOPFLOW_SPARK_THRIFT", get("SHOPFLOW_SPARK_THRIFT", "127.0.0.1:10000")),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -166,6 +168,17 @@ def _parse_spark_master(value: str) -> str:
             f"SHOPFLOW_SPARK_MASTER={value!r} is not a Spark master URL: use spark://host:7077, "
             "local[2], yarn or k8s://https://host:port"
         )
+    return value
+
+
+_HOST_PORT = re.compile(r"([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})")
+
+
+def _parse_host_port(name: str, value: str) -> str:
+    """host:port of a server (a name or an IPv4 address; checked here so that a typo fails at load)."""
+    match = _HOST_PORT.fullmatch(value)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise SettingsError(f"{name}={value!r} is not host:port: e.g. {name}=spark-thrift.internal:10000")
     return value
 
 

@@ -273,3 +273,15 @@ def spark_cluster(tmp_path_factory):
         pytest.fail(str(error), pytrace=False)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_sql(spark_cluster):
+    """`spark_cluster` with its Hive metastore (a local PostgreSQL) and its Spark Thrift Server
+    started: what dbt runs on. Its warehouse is `spark_sql.warehouse`, its address `spark_sql.thrift`."""
+    from .spark_cluster import SparkClusterError
+
+    try:
+        return spark_cluster.start_sql()
+    except SparkClusterError as error:
+        pytest.fail(str(error), pytrace=False)

@@ -1,5 +1,7 @@
 """A throwaway Spark standalone cluster for the tests: one master and one worker on 127.0.0.1, on
-free ports (a developer's own cluster on 7077/8080/8081 is left alone), from the venv's pip PySpark.
+free ports (a developer's own cluster on 7077/8080/8081 is left alone), from the venv's pip PySpark;
+on demand (`start_sql()`) also the Hive metastore in a local PostgreSQL and the Spark Thrift Server
+on the cluster's own warehouse folder.
 
 The starting, waiting and stopping is `scripts/spark-cluster`'s (the one implementation, also what
 users run); this module picks the ports, reads the master's JSON page, and checks for leftovers.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +76,9 @@ class SparkCluster:
     master_port: int
     web_port: int
     worker_web_port: int
+    thrift_port: int
+    thrift_ui_port: int
+    metastore_port: int
     process_groups: set[int] = field(default_factory=set, init=False, repr=False)  # the daemons' groups
     _stopped: bool = field(default=False, init=False, repr=False)
 
@@ -83,6 +89,31 @@ class SparkCluster:
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def warehouse(self) -> Path:
+        """The warehouse the Thrift server serves (SHOPFLOW_SPARK_WAREHOUSE of dbt on this cluster)."""
+        return self.directory / "warehouse"
+
+    @property
+    def thrift(self) -> str:
+        """SHOPFLOW_SPARK_THRIFT of this cluster."""
+        return f"127.0.0.1:{self.thrift_port}"
+
+    def start_sql(self) -> "SparkCluster":
+        """Start the metastore and the Thrift server beside the master and the worker (once)."""
+        self._script("start", env={**os.environ, "SHOPFLOW_SPARK_WAREHOUSE": str(self.warehouse)})
+        return self
+
+    def thrift_sql_executions(self) -> int:
+        """How many SQL statements the Thrift server's application has run (its newest execution's
+        id + 1, from its REST API): what dbt's build and tests ran there."""
+        base = f"http://127.0.0.1:{self.thrift_ui_port}/api/v1/applications"
+        with urllib.request.urlopen(base, timeout=10) as response:
+            (app,) = json.load(response)
+        with urllib.request.urlopen(f"{base}/{app['id']}/sql?details=false&length=100000", timeout=10) as response:
+            executions = json.load(response)
+        return max((e["id"] for e in executions), default=-1) + 1
 
     # --- the master's JSON page ------------------------------------------------------------------
     def page(self) -> dict:
@@ -158,6 +189,9 @@ class SparkCluster:
             return
         self._script("stop")
         self._stopped = True
+        metastore = self.directory / "metastore-pg"
+        if metastore.is_symlink():  # root's metastore lives in /tmp, where the postgres user can reach it
+            shutil.rmtree(metastore.resolve(), ignore_errors=True)
         leftovers = self.processes()
         if leftovers:
             for p in leftovers:
@@ -205,7 +239,7 @@ class SparkCluster:
     # --- internals -------------------------------------------------------------------------------
     def _remember_groups(self) -> None:
         # each daemon leads its own process group: the pid in its pid file is the group's id
-        for name in ("master", "worker"):
+        for name in ("master", "worker", "thrift"):
             try:
                 self.process_groups.add(int((self.directory / f"{name}.pid").read_text()))
             except (OSError, ValueError):
@@ -229,25 +263,28 @@ class SparkCluster:
 
 
 def start_spark_cluster(
-    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 2, worker_memory: str = "4g"
+    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 3, worker_memory: str = "4g"
 ) -> SparkCluster:
     """Start a master and one worker on free ports, their files in `directory`; returns once the
     master lists the worker ALIVE. Raises SparkClusterError with the logs' tail otherwise."""
     directory.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
-        master_port, web_port, worker_web_port = free_ports(3)
-        cluster = SparkCluster(directory.resolve(), master_port, web_port, worker_web_port)
+        ports = free_ports(6)
+        cluster = SparkCluster(directory.resolve(), *ports)
         env = {
             **os.environ,
-            "SPARK_MASTER_PORT": str(master_port),
-            "SPARK_MASTER_WEBUI_PORT": str(web_port),
-            "SPARK_WORKER_WEBUI_PORT": str(worker_web_port),
+            "SPARK_MASTER_PORT": str(cluster.master_port),
+            "SPARK_MASTER_WEBUI_PORT": str(cluster.web_port),
+            "SPARK_WORKER_WEBUI_PORT": str(cluster.worker_web_port),
+            "SPARK_THRIFT_PORT": str(cluster.thrift_port),
+            "SPARK_THRIFT_UI_PORT": str(cluster.thrift_ui_port),
+            "SPARK_METASTORE_PORT": str(cluster.metastore_port),
             "SPARK_WORKER_CORES": str(worker_cores),
             "SPARK_WORKER_MEMORY": worker_memory,
             "SPARK_CLUSTER_TIMEOUT": str(timeout),
         }
         try:
-            cluster._script("start", env=env)
+            cluster._script("start", "--without-sql", env=env)
             return cluster
         except SparkClusterError as error:
             # a free port taken between the pick and the start: pick again

@@ -90,8 +90,8 @@ def folder_content(spark_dir: Path, day: str) -> dict[str, str]:
     return found
 
 
-def spark_warehouse(master: str, spark_dir: Path) -> SparkWarehouse:
-    return SparkWarehouse(master=master, warehouse_dir=str(spark_dir))
+def spark_warehouse(master: str, spark_dir: Path, thrift: str = "127.0.0.1:10000") -> SparkWarehouse:
+    return SparkWarehouse(master=master, warehouse_dir=str(spark_dir), thrift=thrift)
 
 
 def duckdb_warehouse(path: Path) -> DuckDBWarehouse:

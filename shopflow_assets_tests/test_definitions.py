@@ -81,6 +81,8 @@ def test_settings_defaults_and_clear_errors():
     for uri in ("hdfs://nn:8020/warehouse", "s3a://bucket/warehouse", "file:///data/warehouse"):
         assert Settings.from_env({"SHOPFLOW_SPARK_WAREHOUSE": uri}).spark_warehouse == uri
     assert settings.spark_warehouse == str(REPO_ROOT / "data" / "spark-warehouse")
+    assert settings.spark_thrift == "127.0.0.1:10000"
+    assert Settings.from_env({"SHOPFLOW_SPARK_THRIFT": "spark-thrift.internal:10001"}).spark_thrift == "spark-thrift.internal:10001"
 
     for env, words in (
         ({"SHOPFLOW_START_DATE": "01/02/2024"}, "SHOPFLOW_START_DATE='01/02/2024' is not a date"),
@@ -88,6 +90,11 @@ def test_settings_defaults_and_clear_errors():
         ({"SHOPFLOW_MAX_REJECTED_SHARE": "1.5"}, "SHOPFLOW_MAX_REJECTED_SHARE='1.5' is not a share between 0 and 1"),
         ({"SHOPFLOW_MAX_REJECTED_SHARE": "nan"}, "SHOPFLOW_MAX_REJECTED_SHARE='nan' is not a share between 0 and 1"),
         ({"SHOPFLOW_MAX_REJECTED_SHARE": "half"}, "SHOPFLOW_MAX_REJECTED_SHARE='half' is not a share between 0 and 1"),
+        # dbt's profile splits it at the last ':': a URL, a missing or bad port would reach dbt as junk
+        *(
+            ({"SHOPFLOW_SPARK_THRIFT": value}, f"SHOPFLOW_SPARK_THRIFT={value!r} is not host:port")
+            for value in ("thrift://h:10000", "h", "h:", ":10000", "h:0", "h:65536", "h :1", "-h:1", "h;x:1", "[::1]:10000")
+        ),
     ):
         try:
             Settings.from_env(env)

@@ -4,13 +4,16 @@ and brought back; stopping leaves no process behind."""
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 
-from .spark_cluster import start_spark_cluster
+from .spark_cluster import SCRIPT, free_ports, start_spark_cluster
 
 pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
@@ -80,3 +83,63 @@ def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_
         assert not _listening(port), port
     # the session's cluster is untouched
     assert spark_cluster.alive_workers() == 1
+
+
+def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path):
+    """The Thrift server (what dbt runs through) answers SQL with PyHive as dbt-spark connects; the
+    tables it creates are rows of the metastore in PostgreSQL, not of a Derby database; the engine's
+    pre-dbt check passes for its warehouse only, and says so when the server does not answer."""
+    from dagster import Failure
+    from pyhive import hive
+
+    from shopflow_assets.engines.spark import SparkServerUnreachable, SparkWarehouse
+
+    host, port = spark_sql.thrift.split(":")
+    connection = hive.connect(host=host, port=int(port), auth="NONE")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("CREATE DATABASE IF NOT EXISTS shopflow_cluster_test")
+        cursor.execute("CREATE TABLE IF NOT EXISTS shopflow_cluster_test.probe (n INT) USING parquet")
+        cursor.execute("INSERT OVERWRITE shopflow_cluster_test.probe VALUES (1), (2), (3)")
+        cursor.execute("SELECT sum(n) FROM shopflow_cluster_test.probe")
+        assert cursor.fetchall() == [(6,)]
+    finally:
+        connection.close()
+    psql = shutil.which("psql") or sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1]
+    tables = subprocess.run(
+        [psql, "-h", "127.0.0.1", "-p", str(spark_sql.metastore_port), "-U", "metastore", "-d", "metastore",
+         "-tAc", 'SELECT d."NAME" || \'.\' || t."TBL_NAME" FROM "TBLS" t JOIN "DBS" d USING ("DB_ID")'],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert "shopflow_cluster_test.probe" in tables
+    assert (spark_sql.warehouse / "shopflow_cluster_test.db" / "probe").is_dir()
+    assert not list(spark_sql.directory.rglob("derby.log")) and not list(spark_sql.directory.rglob("metastore_db"))
+
+    served = SparkWarehouse(master=spark_sql.master_url, warehouse_dir=f"file://{spark_sql.warehouse}/", thrift=spark_sql.thrift)
+    served.check_dbt_target()  # the same folder, written another way
+    other = SparkWarehouse(master=spark_sql.master_url, warehouse_dir=str(tmp_path / "other"), thrift=spark_sql.thrift)
+    with pytest.raises(Failure) as wrong:
+        other.check_dbt_target()
+    assert not wrong.value.allow_retries
+    assert str(spark_sql.warehouse) in wrong.value.description and str(tmp_path / "other") in wrong.value.description
+    (free,) = free_ports(1)
+    gone = SparkWarehouse(master=spark_sql.master_url, warehouse_dir=str(spark_sql.warehouse), thrift=f"127.0.0.1:{free}")
+    with pytest.raises(SparkServerUnreachable, match=f"127.0.0.1:{free} does not answer"):
+        gone.check_dbt_target()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"SHOPFLOW_SPARK_METASTORE_URL": "jdbc:derby:;databaseName=metastore_db;create=true"}, "is not a PostgreSQL JDBC URL"),
+        ({"SPARK_THRIFT_PORT": "10k"}, "SPARK_THRIFT_PORT='10k' is not a number"),
+    ],
+)
+def test_the_cluster_script_refuses_bad_sql_settings_before_starting_anything(tmp_path, settings, message):
+    done = subprocess.run(
+        [str(SCRIPT), "start", "--dir", str(tmp_path / "cluster")],
+        env={**os.environ, "SPARK_CLUSTER_PYTHON": sys.executable, **settings},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "cluster" / "master.pid").exists()

@@ -10,6 +10,7 @@ daemon taking a re-export that empties a day (one Spark ingest, one dbt-spark bu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import shutil
 import time
@@ -101,10 +102,11 @@ class Backfill:
     duckdb_path: Path
     spark_run: CliRun
     applications: dict[str, str]
+    thrift_statements: int  # SQL statements the Thrift server ran during the Spark backfill
 
     @property
     def spark(self):
-        return spark_warehouse(self.spark_env["SHOPFLOW_SPARK_MASTER"], self.spark_dir)
+        return spark_warehouse(self.spark_env["SHOPFLOW_SPARK_MASTER"], self.spark_dir, self.spark_env["SHOPFLOW_SPARK_THRIFT"])
 
     @property
     def duckdb(self):
@@ -112,7 +114,8 @@ class Backfill:
 
 
 @pytest.fixture(scope="module")
-def backfill(spark_cluster, tmp_path_factory) -> Backfill:
+def backfill(spark_sql, tmp_path_factory) -> Backfill:
+    spark_cluster = spark_sql
     root = tmp_path_factory.mktemp("spark-engine")
     landing = Landing(root / "landing")
     rng = random.Random(20240302)
@@ -125,7 +128,7 @@ def backfill(spark_cluster, tmp_path_factory) -> Backfill:
         landing.write(EDGE_DAY, export_file.name, export_file.content())
     landing.finish(EDGE_DAY)
 
-    spark_dir = root / "spark-warehouse"
+    spark_dir = spark_sql.warehouse  # the Thrift server's: dbt's tables live there
     spark_home = dagster_home(root / "dagster-home-spark")
     spark_env = command_env(
         landing,
@@ -134,15 +137,16 @@ def backfill(spark_cluster, tmp_path_factory) -> Backfill:
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(spark_dir),
+        SHOPFLOW_SPARK_THRIFT=spark_sql.thrift,
     )
     before = {a.id for a in spark_cluster.applications()}
+    statements_before = spark_sql.thrift_sql_executions()
     spark_run = materialize_cli(spark_env, "--select", "raw/orders*", "--partition-range", f"{DAYS[0]}...{DAYS[-1]}")
     (root / "spark-backfill.log").write_text(spark_run.tail(10**9))
     print(f"\nSpark: 3-day backfill, one run: {spark_run.seconds:.0f} s")
     assert spark_run.returncode == 0, spark_run.tail()
-    applications = new_applications(
-        spark_cluster, before, [f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}", "shopflow-dbt"]
-    )
+    applications = new_applications(spark_cluster, before, [f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}"])
+    thrift_statements = spark_sql.thrift_sql_executions() - statements_before
 
     # DuckDB: the same range as one run, in process (the CLI path of DuckDB is test_cli's).
     duckdb_path = root / "duckdb" / "shopflow.duckdb"
@@ -163,7 +167,9 @@ def backfill(spark_cluster, tmp_path_factory) -> Backfill:
     print(f"DuckDB: 3-day backfill, one run in process: {time.monotonic() - started:.0f} s")
     assert result.success, failure_messages(result)
 
-    return Backfill(landing, edge, spark_dir, spark_home, spark_env, duckdb_path, spark_run, applications)
+    return Backfill(
+        landing, edge, spark_dir, spark_home, spark_env, duckdb_path, spark_run, applications, thrift_statements
+    )
 
 
 # --- 1. parity ------------------------------------------------------------------------------
@@ -178,7 +184,22 @@ def test_the_same_exports_give_the_same_tables_on_spark_and_duckdb(backfill, spa
     assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
         DAYS[0], DAYS[-1]
     )
-    assert backfill.applications == {f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}": "FINISHED", "shopflow-dbt": "FINISHED"}
+    assert backfill.applications == {f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}": "FINISHED"}
+    # each day's raw/orders materialization names the application that ingested it
+    app = spark_cluster.wait_for_application(f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}")
+    ingested = {
+        m.partition: m.metadata["spark_application_id"].value
+        for m in (
+            e.dagster_event.event_specific_data.materialization
+            for e in run_events(backfill.spark_home, run.run_id, DagsterEventType.ASSET_MATERIALIZATION)
+        )
+        if m.asset_key.to_user_string() == "raw/orders"
+    }
+    assert ingested == {day: app.id for day in DAYS}
+    # dbt ran no Spark driver of its own: its models and tests ran in the Thrift server's application
+    manifest = json.loads(Path(shopflow_dbt_project.manifest_path).read_text())
+    nodes = len([n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "test")])
+    assert backfill.thrift_statements >= nodes, (backfill.thrift_statements, nodes)
     started = {e.step_key: e.timestamp for e in run_events(backfill.spark_home, run.run_id, DagsterEventType.STEP_START)}
     for e in run_events(backfill.spark_home, run.run_id, DagsterEventType.STEP_SUCCESS):
         print(f"  step {e.step_key}: {e.timestamp - started[e.step_key]:.0f} s")
@@ -255,6 +276,32 @@ def diff(left: list[tuple], right: list[tuple], columns: list[str], limit: int =
     return f"columns {columns}\nonly on Spark: {only_left}\nonly on DuckDB: {only_right}"
 
 
+# --- dbt needs no Java on the Dagster machine ------------------------------------------------
+
+
+def test_the_models_build_on_spark_with_no_java_on_the_dagster_machine(backfill, tmp_path):
+    """dbt is a client of the Thrift server: with JAVA_HOME unset and, first on PATH, a `java` that
+    records any call and fails, the marts of a day rebuild to the same rows and nothing calls it."""
+    day = DAYS[0]
+    trap = tmp_path / "bin"
+    trap.mkdir()
+    calls = tmp_path / "java-calls.log"
+    (trap / "java").write_text(f'#!/bin/sh\necho "java $*" >> {calls}\nexit 1\n')
+    (trap / "java").chmod(0o755)
+    env = {k: v for k, v in backfill.spark_env.items() if k != "JAVA_HOME"}
+    env["PATH"] = f"{trap}:{env.get('PATH', '')}"
+    where = f"dt = DATE '{day}'"
+    before = {t: rows_of(backfill.spark, t, ["*"], where) for t in ("analytics.fact_sales", "analytics.daily_revenue")}
+    assert before["analytics.fact_sales"]
+
+    run = materialize_cli(env, "--select", "fact_sales,daily_revenue", "--partition", day)
+
+    assert run.returncode == 0, run.tail()
+    assert not calls.exists(), calls.read_text()
+    assert "dbt build for" in run.output
+    assert {t: rows_of(backfill.spark, t, ["*"], where) for t in before} == before
+
+
 # --- 2. a missing column -------------------------------------------------------------------
 
 
@@ -289,7 +336,8 @@ def test_a_missing_column_fails_the_spark_run_once_naming_file_and_column_and_ch
 
 SENSOR_INTERVAL = 3
 @pytest.fixture
-def spark_daemon(backfill, spark_cluster, slack_server, tmp_path):
+def spark_daemon(backfill, spark_sql, slack_server, tmp_path):
+    spark_cluster = spark_sql
     """A real dagster-daemon on workspace.yaml with SHOPFLOW_ENGINE=spark on the session's cluster
     and the backfill's Spark warehouse, a new landing zone, embedded storage (a DAGSTER_HOME holding
     a copy of the top-level dagster.yaml), Slack's stand-in. Yields (instance, landing, log)."""
@@ -303,6 +351,7 @@ def spark_daemon(backfill, spark_cluster, slack_server, tmp_path):
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(backfill.spark_dir),
+        SHOPFLOW_SPARK_THRIFT=spark_cluster.thrift,
         SLACK_BOT_TOKEN=SLACK_TOKEN,
         SHOPFLOW_SLACK_API_URL=slack_server.api_url,
         SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
@@ -342,9 +391,8 @@ def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_
     # exactly once, on Spark, no failure
     assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
     assert instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE])) == []
-    assert new_applications(spark_cluster, before, [f"shopflow-ingest {day}..{day}", "shopflow-dbt"]) == {
-        f"shopflow-ingest {day}..{day}": "FINISHED",
-        "shopflow-dbt": "FINISHED",
+    assert new_applications(spark_cluster, before, [f"shopflow-ingest {day}..{day}"]) == {
+        f"shopflow-ingest {day}..{day}": "FINISHED"
     }
     (message,) = ready()
     assert message.splitlines()[:4] == [

@@ -622,3 +622,47 @@ def test_a_file_missing_a_required_column_fails_once_naming_file_and_column(spar
     assert published(warehouse) == before  # nothing of D changed
     # the header check runs before the job's SparkSession: no application took the cluster
     assert {a.id for a in spark_cluster.applications()} == apps_before
+
+
+def test_spark_errors_are_mapped_the_way_spark_fails():
+    """What Spark refuses for good is permanent (not retried); what a cluster does now and then is
+    transient. A Spark older than the job needs is refused naming its version."""
+    from pyspark.errors import AnalysisException
+
+    from shopflow_jobs.spark_ingest import SparkTooOld, check_spark_version, is_permanent
+
+    permanent = [
+        AnalysisException("[TABLE_OR_VIEW_NOT_FOUND] The table or view `raw`.`orders` cannot be found."),
+        PermissionError(13, "Permission denied", "/warehouse/raw.db"),
+        RuntimeError("org.apache.hadoop.security.AccessControlException: Permission denied: user=etl, access=WRITE"),
+        RuntimeError("java.nio.file.AccessDeniedException: /warehouse/_staging"),
+        SparkTooOld("too old"),
+    ]
+    transient = [
+        RuntimeError("the Spark application had no executor for 60 s (a worker was lost or none is free)"),
+        ConnectionRefusedError(111, "Connection refused"),
+        OSError("could not move a to b"),
+        RuntimeError("org.apache.spark.SparkException: Job aborted due to stage failure: ExecutorLostFailure"),
+    ]
+    assert [is_permanent(e) for e in permanent] == [True] * len(permanent)
+    assert [is_permanent(e) for e in transient] == [False] * len(transient)
+
+    for ok in ("4.0.0", "4.3.0", "4.1.0-SNAPSHOT", "5.0.1"):
+        check_spark_version(ok)
+    for old in ("3.5.3", "3.0.0", "2.4.8-amzn-0"):
+        with pytest.raises(SparkTooOld, match=rf"Spark 4\.0 or later; the cluster runs Spark {old.replace('.', '[.]')}"):
+            check_spark_version(old)
+
+
+def test_the_application_a_job_reports_is_checked_before_it_becomes_metadata():
+    from dagster import MetadataValue
+
+    from shopflow_assets.engines.spark import application_metadata
+
+    assert application_metadata({"id": "app-20261206-0001", "ui": "http://10.0.0.5:4040"}) == {
+        "spark_application_id": "app-20261206-0001",
+        "spark_ui": MetadataValue.url("http://10.0.0.5:4040"),
+    }
+    # what a job sends is not trusted: a non-http link or a non-text id is left out, a long one cut
+    assert application_metadata({"id": 7, "ui": "javascript:alert(1)"}) == {}
+    assert application_metadata({"id": "a" * 10_000})["spark_application_id"] == "a" * 200

@@ -27,8 +27,11 @@ A file is read by its exact path (a name is never a pattern), with the compressi
 
 Under Pipes the job always ends with a custom message {"verdict": ...}: "loaded", "bad_export"
 (permanent: fix the file), "export_changed" (a day's export changed while it was read: nothing was
-published; read it again), "superseded" (a later ingest of a day took its lease: not retried) or
-"failed" (transient: retried). It then exits 0, so the orchestrator can read the verdict (a
+published; read it again), "superseded" (a later ingest of a day took its lease: not retried),
+"permanent" (Spark refused the job as it is: an analysis error, a permission denied, a Spark older
+than the job needs; not retried) or "failed" (transient: a lost executor, I/O; retried). Once the
+session is up it also reports {"application": {"id", "ui"}}, the Spark application that does the
+work. It then exits 0, so the orchestrator can read the verdict (a
 non-zero exit means the job died before it could say why).
 """
 
@@ -149,9 +152,10 @@ def main() -> None:
             pipes.log.error(str(error))
             pipes.report_custom_message({"verdict": "superseded", "error": str(error)})
             return
-        except Exception as error:  # anything else is worth another attempt (lost worker, I/O)
+        except Exception as error:  # anything else is worth another attempt (lost worker, I/O) ...
             pipes.log.error(traceback.format_exc())
-            pipes.report_custom_message({"verdict": "failed", "error": first_line(error)})
+            verdict = "permanent" if is_permanent(error) else "failed"  # ... unless Spark says no for good
+            pipes.report_custom_message({"verdict": verdict, "error": first_line(error)})
             return
         # The run worker turns each day's summary into its raw/orders metadata, as for DuckDB's ingest.
         pipes.report_custom_message({"verdict": "loaded", "summary": summary})
@@ -191,6 +195,10 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     die_with_launcher()
     spark = SparkSession.builder.appName(f"shopflow-ingest {days[0]}..{days[-1]}").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    application = {"id": spark.sparkContext.applicationId, "ui": spark.sparkContext.uiWebUrl}
+    log.info(f"Spark {spark.version}, application {application['id']} (UI {application['ui']})")
+    report({"application": application})
+    check_spark_version(spark.version)
     fs = HadoopFiles(spark, warehouse)
     stage = f"{warehouse}/{STAGING}/{run_id}"
     try:
@@ -236,6 +244,45 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     finally:
         fs.delete(stage)
         spark.stop()
+
+
+MINIMUM_SPARK = (4, 0)  # the rules' SQL (is_valid_utf8, make_valid_utf8) and the readers' options
+
+
+class SparkTooOld(RuntimeError):
+    """The cluster's Spark is older than the job needs: permanent."""
+
+
+def check_spark_version(version: str) -> None:
+    found = tuple(int(part) for part in re.findall(r"[0-9]+", version)[:2])
+    if found < MINIMUM_SPARK:
+        raise SparkTooOld(
+            f"The Spark ingest needs Spark {'.'.join(map(str, MINIMUM_SPARK))} or later; the cluster runs "
+            f"Spark {version}: upgrade it, or point SHOPFLOW_SPARK_MASTER/SPARK_HOME at a newer one. Not retried."
+        )
+
+
+# Spark's words for a job that cannot succeed as it is, however often it runs.
+PERMANENT_JAVA_ERRORS = ("org.apache.hadoop.security.AccessControlException", "java.nio.file.AccessDeniedException")
+
+
+def is_permanent(error: BaseException) -> bool:
+    """An analysis error (a query Spark cannot plan), a permission denied, or a Spark too old:
+    retrying cannot help. A lost executor, an unreachable master or an I/O fault can."""
+    from pyspark.errors import AnalysisException
+
+    if isinstance(error, (AnalysisException, PermissionError, SparkTooOld)):
+        return True
+    text = str(error)
+    return any(name in text for name in PERMANENT_JAVA_ERRORS) or "Permission denied" in text
+
+
+def report(message: dict[str, Any]) -> None:
+    """A custom message to the run worker, when the job runs under Pipes."""
+    from dagster_pipes import PipesContext
+
+    if PipesContext.is_initialized():
+        PipesContext.get().report_custom_message(message)
 
 
 def check_unchanged(exports: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ def warehouse_for(settings: Settings) -> Warehouse:
         return SparkWarehouse(
             master=settings.spark_master,
             warehouse_dir=str(settings.spark_warehouse),
+            thrift=settings.spark_thrift,
             max_rejected_share=settings.max_rejected_share,
         )
     return DuckDBWarehouse(

@@ -56,6 +56,7 @@ class LoadSummary:
     """What an ingest did, day by day, whichever engine did it."""
 
     days: dict[str, DayLoad]
+    engine_metadata: dict[str, Any] = field(default_factory=dict)  # of the whole ingest, on every day
 
     @classmethod
     def of_days(cls, days: Sequence[dt.date]) -> "LoadSummary":
@@ -74,7 +75,7 @@ class LoadSummary:
         return sum(d.rows_rejected for d in self.days.values())
 
     def metadata(self, day: dt.date | str) -> dict[str, Any]:
-        return self.days[str(day)].metadata()
+        return {**self.days[str(day)].metadata(), **self.engine_metadata}
 
 
 class Warehouse(ConfigurableResource):
@@ -107,6 +108,9 @@ class Warehouse(ConfigurableResource):
         """Environment variables that point the dbt target at this warehouse (shopflow_dbt/
         profiles.yml reads them; not --vars, which would cost dbt a full parse on every change)."""
         raise NotImplementedError
+
+    def check_dbt_target(self) -> None:
+        """Before dbt runs: raise if the dbt target cannot work (unreachable, another warehouse)."""
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:

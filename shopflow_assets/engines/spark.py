@@ -1,6 +1,7 @@
 """The Spark engine (`SHOPFLOW_ENGINE=spark`): the ingest is a Spark application launched through
 Dagster Pipes (spark-submit, client mode, against `SHOPFLOW_SPARK_MASTER`), the models run on
-dbt-spark, and the tables are Parquet in `SHOPFLOW_SPARK_WAREHOUSE`, Hive-style partitioned by dt.
+dbt-spark through the cluster's Spark Thrift Server (`SHOPFLOW_SPARK_THRIFT`), and the tables are
+Parquet in `SHOPFLOW_SPARK_WAREHOUSE`, Hive-style partitioned by dt.
 
 The run worker only starts the application, waits, streams its log into the run and records what it
 reports; it never holds a row. Nothing here imports pyspark: the code location loads without it.
@@ -12,16 +13,17 @@ import contextlib
 import datetime as dt
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 import duckdb
-from dagster import AssetExecutionContext, Failure, PipesSubprocessClient, RunsFilter
+from dagster import AssetExecutionContext, Failure, MetadataValue, PipesSubprocessClient, RunsFilter
 from pydantic import Field
 
 from shopflow_assets.engines.base import LoadSummary, Warehouse
@@ -44,11 +46,19 @@ class SparkIngestFailed(RuntimeError):
     """The Spark application failed for a reason worth another attempt (a lost worker, I/O)."""
 
 
+class SparkServerUnreachable(RuntimeError):
+    """A server of the cluster does not answer: transient (retried)."""
+
+
 class SparkWarehouse(Warehouse):
     """Parquet tables in a Spark warehouse directory, written by jobs on a Spark cluster."""
 
     master: str = Field(description="Spark master URL (SHOPFLOW_SPARK_MASTER).")
     warehouse_dir: str = Field(description="Spark's warehouse directory (SHOPFLOW_SPARK_WAREHOUSE).")
+    thrift: str = Field(
+        default="127.0.0.1:10000",
+        description="host:port of the Spark Thrift Server that dbt runs through (SHOPFLOW_SPARK_THRIFT).",
+    )
     cores_max: int = Field(default=2, description="spark.cores.max of each application.")
     executor_memory: str = Field(default="2g", description="spark.executor.memory of the ingest.")
     executor_timeout_seconds: int = Field(
@@ -101,17 +111,26 @@ class SparkWarehouse(Warehouse):
                 f"The Spark ingest of {days[0]}..{days[-1]} ended without a verdict ({error}); "
                 "its log is in the run's stderr. Retried."
             ) from None
-        verdicts = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "verdict" in m]
+        messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
+        verdicts = [m for m in messages if "verdict" in m]
         verdict = verdicts[-1] if verdicts else {"verdict": "failed", "error": "the job reported nothing"}
+        applications = [m["application"] for m in messages if isinstance(m.get("application"), dict)]
         if verdict["verdict"] == "bad_export":
             raise BadExportError(verdict["error"])
         if verdict["verdict"] == "export_changed":
             raise ExportChangedError(verdict["error"])
         if verdict["verdict"] == "superseded":  # a retry would fence out the later run in turn
             raise Failure(description=verdict["error"], allow_retries=False)
+        if verdict["verdict"] == "permanent":  # Spark refused the job as it is: a retry cannot help
+            raise Failure(
+                description=f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}", allow_retries=False
+            )
         if verdict["verdict"] != "loaded":
             raise SparkIngestFailed(f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}")
-        return LoadSummary.from_json(verdict["summary"]["days"])
+        summary = LoadSummary.from_json(verdict["summary"]["days"])
+        if applications:
+            summary.engine_metadata = application_metadata(applications[-1])
+        return summary
 
     def local_warehouse(self) -> Path | None:
         """The warehouse as a local path, or None where it is not one (hdfs://, s3a://, ...)."""
@@ -192,7 +211,35 @@ class SparkWarehouse(Warehouse):
         }
 
     def dbt_env(self) -> dict[str, str]:
-        return {"SHOPFLOW_SPARK_WAREHOUSE": self.warehouse_dir, "SHOPFLOW_SPARK_MASTER": self.master}
+        return {"SHOPFLOW_SPARK_WAREHOUSE": self.warehouse_dir, "SHOPFLOW_SPARK_THRIFT": self.thrift}
+
+    def check_dbt_target(self) -> None:
+        """The Thrift server answers, and its warehouse is this one: dbt would otherwise build the
+        marts (and read raw/orders) somewhere the ingest and the readers never look."""
+        from pyhive import hive  # the client only: dbt-spark's thrift method needs it anyway
+        from thrift.transport.TTransport import TTransportException
+
+        host, port = self.thrift.rsplit(":", 1)
+        try:
+            connection = hive.connect(host=host, port=int(port), auth="NONE")
+        except (TTransportException, OSError) as error:
+            raise SparkServerUnreachable(
+                f"The Spark Thrift Server at {self.thrift} does not answer ({first_line(error)}): start "
+                "it (scripts/spark-cluster start) or fix SHOPFLOW_SPARK_THRIFT. Retried."
+            ) from None
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SET spark.sql.warehouse.dir")
+            served = str(cursor.fetchall()[0][1])
+        finally:
+            connection.close()
+        if same_location(served) != same_location(self.warehouse_dir):
+            raise Failure(
+                description=f"The Spark Thrift Server at {self.thrift} serves the warehouse {served}, "
+                f"not SHOPFLOW_SPARK_WAREHOUSE={self.warehouse_dir}: point SHOPFLOW_SPARK_THRIFT at the "
+                "cluster of this warehouse, or start the servers with it (scripts/spark-cluster).",
+                allow_retries=False,
+            )
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -214,6 +261,32 @@ class SparkWarehouse(Warehouse):
             yield con
         finally:
             con.close()
+
+
+def application_metadata(application: dict) -> dict[str, Any]:
+    """The Spark application that did the ingest, as the job reported it (strings, checked)."""
+    metadata: dict[str, Any] = {}
+    if isinstance(application.get("id"), str):
+        metadata["spark_application_id"] = application["id"][:200]
+    ui = application.get("ui")
+    if isinstance(ui, str) and re.fullmatch(r"https?://[^\s]{1,500}", ui):
+        metadata["spark_ui"] = MetadataValue.url(ui)  # the driver's UI: it answers while the job runs
+    return metadata
+
+
+def same_location(location: str) -> str:
+    """A warehouse location as one string however it is written: /w, file:/w, file:///w/ ->
+    file:///w; other schemes as they are, without a trailing slash."""
+    parts = urlsplit(location)
+    if parts.scheme in ("", "file") or len(parts.scheme) == 1:
+        path = unquote(parts.path) if parts.scheme == "file" else location
+        return "file://" + os.path.normpath(path)
+    return location.rstrip("/")
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def spark_home() -> Path:

@@ -196,6 +196,7 @@ def dbt_build(
             )
             return
         context.log.warning(f"{why}. A range is built whole: built all the same.")
+    warehouse.check_dbt_target()
     env = dbt_environment(days, warehouse)
     context.log.info(f"dbt build for [{env['SHOPFLOW_DBT_MIN_DATE']}, {env['SHOPFLOW_DBT_MAX_DATE']})")
     # dagster-dbt runs dbt in the assets' project (not the resource's project_dir, if they differ)
