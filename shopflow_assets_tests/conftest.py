@@ -258,7 +258,7 @@ def spark_on_loopback():
 
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
-    """A Spark standalone master and one worker (2 cores, 4g for executors) on 127.0.0.1 on free
+    """A Spark standalone master and one worker (3 cores, 5g for executors) on 127.0.0.1 on free
     ports, for the whole session of a pytest-xdist worker (each one that runs a Spark test starts
     its own); run applications one at a time. Yields a
     `spark_cluster.SparkCluster`: `master_url`, `web_url`, `applications()`, `alive_workers()`,

@@ -263,7 +263,7 @@ class SparkCluster:
 
 
 def start_spark_cluster(
-    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 3, worker_memory: str = "4g"
+    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 3, worker_memory: str = "5g"
 ) -> SparkCluster:
     """Start a master and one worker on free ports, their files in `directory`; returns once the
     master lists the worker ALIVE. Raises SparkClusterError with the logs' tail otherwise."""

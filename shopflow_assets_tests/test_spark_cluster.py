@@ -85,6 +85,7 @@ def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_
     assert spark_cluster.alive_workers() == 1
 
 
+@pytest.mark.xdist_group("spark_sql")  # beside test_spark_engine: one Thrift server
 def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path):
     """The Thrift server (what dbt runs through) answers SQL with PyHive as dbt-spark connects; the
     tables it creates are rows of the metastore in PostgreSQL, not of a Derby database; the engine's
@@ -132,14 +133,37 @@ def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehous
     "settings, message",
     [
         ({"SHOPFLOW_SPARK_METASTORE_URL": "jdbc:derby:;databaseName=metastore_db;create=true"}, "is not a PostgreSQL JDBC URL"),
+        # a password in the URL is not echoed
+        ({"SHOPFLOW_SPARK_METASTORE_URL": "jdbc:mysql://db/m?password=hunter2"}, "'jdbc:mysql://db/m' is not a PostgreSQL JDBC URL"),
         ({"SPARK_THRIFT_PORT": "10k"}, "SPARK_THRIFT_PORT='10k' is not a number"),
+        (
+            {"SHOPFLOW_SPARK_METASTORE_URL": "jdbc:postgresql://db/m", "SHOPFLOW_SPARK_METASTORE_PASSWORD": "pw\nspark.evil=1"},
+            "holds a line break",
+        ),
+        ({"SHOPFLOW_SPARK_WAREHOUSE": "/elsewhere"}, "serve the warehouse /first, whose tables their metastore catalogs"),
     ],
 )
 def test_the_cluster_script_refuses_bad_sql_settings_before_starting_anything(tmp_path, settings, message):
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "warehouse.location").write_text("/first\n")  # servers of this folder started before
     done = subprocess.run(
         [str(SCRIPT), "start", "--dir", str(tmp_path / "cluster")],
         env={**os.environ, "SPARK_CLUSTER_PYTHON": sys.executable, **settings},
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
     assert not (tmp_path / "cluster" / "master.pid").exists()
+
+
+def test_a_thrift_server_that_accepts_and_never_answers_is_given_up_on(tmp_path):
+    """A hung server must not hold the dbt step (and the warehouse's pool slot) for ever."""
+    from shopflow_assets.engines.spark import SparkServerUnreachable, SparkWarehouse
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        warehouse = SparkWarehouse(master="spark://127.0.0.1:1", warehouse_dir=str(tmp_path), thrift=f"127.0.0.1:{port}")
+        with pytest.raises(SparkServerUnreachable, match=f"127.0.0.1:{port} does not answer"):
+            warehouse.check_dbt_target(timeout_seconds=1)

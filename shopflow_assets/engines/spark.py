@@ -213,15 +213,25 @@ class SparkWarehouse(Warehouse):
     def dbt_env(self) -> dict[str, str]:
         return {"SHOPFLOW_SPARK_WAREHOUSE": self.warehouse_dir, "SHOPFLOW_SPARK_THRIFT": self.thrift}
 
-    def check_dbt_target(self) -> None:
-        """The Thrift server answers, and its warehouse is this one: dbt would otherwise build the
-        marts (and read raw/orders) somewhere the ingest and the readers never look."""
+    def check_dbt_target(self, timeout_seconds: float = 30) -> None:
+        """The Thrift server answers, and its warehouse is this one, and so are the locations of
+        the databases it catalogs: dbt would otherwise build the marts (and read raw/orders)
+        somewhere the ingest and the readers never look."""
         from pyhive import hive  # the client only: dbt-spark's thrift method needs it anyway
+        import thrift_sasl
+        from thrift.transport import TSocket
         from thrift.transport.TTransport import TTransportException
 
         host, port = self.thrift.rsplit(":", 1)
+        sock = TSocket.TSocket(host, int(port))
+        sock.setTimeout(timeout_seconds * 1000)  # a server that accepts and never answers
+        transport = thrift_sasl.TSaslClientTransport(
+            lambda: hive.get_installed_sasl(host=host, sasl_auth="PLAIN", username="shopflow", password="x"),
+            "PLAIN",
+            sock,
+        )
         try:
-            connection = hive.connect(host=host, port=int(port), auth="NONE")
+            connection = hive.connect(thrift_transport=transport)
         except (TTransportException, OSError) as error:
             raise SparkServerUnreachable(
                 f"The Spark Thrift Server at {self.thrift} does not answer ({first_line(error)}): start "
@@ -230,14 +240,26 @@ class SparkWarehouse(Warehouse):
         try:
             cursor = connection.cursor()
             cursor.execute("SET spark.sql.warehouse.dir")
-            served = str(cursor.fetchall()[0][1])
+            locations = {"the warehouse": str(cursor.fetchall()[0][1])}
+            cursor.execute("SHOW DATABASES")
+            for (database,) in cursor.fetchall():
+                if database in ("raw", "analytics"):
+                    cursor.execute(f"DESCRIBE DATABASE {database}")
+                    described = {str(k).strip(): str(v) for k, v in cursor.fetchall()}
+                    locations[f"database {database}"] = described.get("Location", "").rsplit("/", 1)[0]
+        except (TTransportException, OSError) as error:
+            raise SparkServerUnreachable(
+                f"The Spark Thrift Server at {self.thrift} stopped answering ({first_line(error)}). Retried."
+            ) from None
         finally:
             connection.close()
-        if same_location(served) != same_location(self.warehouse_dir):
+        elsewhere = {what: where for what, where in locations.items() if same_location(where) != same_location(self.warehouse_dir)}
+        if elsewhere:
+            found = ", ".join(f"{what} is {where}" for what, where in elsewhere.items())
             raise Failure(
-                description=f"The Spark Thrift Server at {self.thrift} serves the warehouse {served}, "
-                f"not SHOPFLOW_SPARK_WAREHOUSE={self.warehouse_dir}: point SHOPFLOW_SPARK_THRIFT at the "
-                "cluster of this warehouse, or start the servers with it (scripts/spark-cluster).",
+                description=f"The Spark Thrift Server at {self.thrift} serves another warehouse than "
+                f"SHOPFLOW_SPARK_WAREHOUSE={self.warehouse_dir} ({found}): point SHOPFLOW_SPARK_THRIFT at "
+                "the cluster of this warehouse, or start its servers with it (scripts/spark-cluster).",
                 allow_retries=False,
             )
 
@@ -275,12 +297,12 @@ def application_metadata(application: dict) -> dict[str, Any]:
 
 
 def same_location(location: str) -> str:
-    """A warehouse location as one string however it is written: /w, file:/w, file:///w/ ->
-    file:///w; other schemes as they are, without a trailing slash."""
+    """A warehouse location as one string however it is written: /w, file:/w, file:///w/, a link
+    to /w -> file:///w; other schemes as they are, without a trailing slash."""
     parts = urlsplit(location)
     if parts.scheme in ("", "file") or len(parts.scheme) == 1:
         path = unquote(parts.path) if parts.scheme == "file" else location
-        return "file://" + os.path.normpath(path)
+        return "file://" + os.path.realpath(path)  # a link to the same folder is the same folder
     return location.rstrip("/")
 
 
