@@ -25,6 +25,7 @@ from typing import Iterable, Mapping
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "spark-cluster"
 START_TIMEOUT_SECONDS = 90
+SERVER_APPLICATIONS = ("shopflow-thrift",)  # started by scripts/spark-cluster, running for good
 
 
 def spark_home() -> str:
@@ -129,6 +130,10 @@ class SparkCluster:
             for key, active in (("activeapps", True), ("completedapps", False))
             for a in page.get(key, [])
         ]
+
+    def running_jobs(self) -> list[SparkApplication]:
+        """The active applications but the cluster's own long-running servers (the Thrift server)."""
+        return [a for a in self.applications() if a.active and a.name not in SERVER_APPLICATIONS]
 
     def alive_workers(self) -> int:
         return sum(1 for w in self.page().get("workers", []) if w.get("state") == "ALIVE")

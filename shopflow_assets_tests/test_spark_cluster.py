@@ -85,7 +85,6 @@ def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_
     assert spark_cluster.alive_workers() == 1
 
 
-@pytest.mark.xdist_group("spark_sql")  # beside test_spark_engine: one Thrift server
 def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path):
     """The Thrift server (what dbt runs through) answers SQL with PyHive as dbt-spark connects; the
     tables it creates are rows of the metastore in PostgreSQL, not of a Derby database; the engine's

@@ -55,11 +55,7 @@ from .spark_helpers import (
     spark_warehouse,
 )
 
-pytestmark = [
-    pytest.mark.slow,  # a daemon, a subprocess, Spark, Postgres or a browser
-    # one test worker builds the module's backfill, and starts the Thrift server (see pyproject.toml)
-    pytest.mark.xdist_group("spark_sql"),
-]
+pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
 DAYS = ("2024-03-01", "2024-03-02", "2024-03-03")
 EDGE_DAY = DAYS[1]  # the day with the hand-written files beside the realistic ones

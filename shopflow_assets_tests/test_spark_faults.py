@@ -407,7 +407,7 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
 
             # the Spark job is under way: its application took the cluster, its executor runs tasks
             drivers = wait_until(working, "the Spark ingest's tasks to run", interval=0.2)
-            apps = [a for a in spark_cluster.applications() if a.active]
+            apps = spark_cluster.running_jobs()
             assert [a.name for a in apps] == [APP], apps
 
             cancelled = time.monotonic()
@@ -415,7 +415,7 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
             assert instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED)
 
             def nothing_left():
-                active = [(a.name, a.state) for a in spark_cluster.applications() if a.active]
+                active = [(a.name, a.state) for a in spark_cluster.running_jobs()]
                 return (not active and not marked_drivers(mark)) or None
 
             try:
@@ -423,7 +423,7 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
             except AssertionError:
                 raise AssertionError(
                     f"30 s after the cancel: active applications "
-                    f"{[(a.name, a.state) for a in spark_cluster.applications() if a.active]}, "
+                    f"{[(a.name, a.state) for a in spark_cluster.running_jobs()]}, "
                     f"driver processes {marked_drivers(mark)} (were {drivers})"
                 ) from None
             gone_after = time.monotonic() - cancelled
