@@ -1,10 +1,12 @@
 """The hostile exports of test_hostile_input.py, all in one day, through both engines: the Spark
 ingest loads and rejects exactly what the DuckDB ingest does (rows, lines, reasons), on the real
-standalone cluster. One run per engine: the cases are files, and each file stands alone. Two files
-are big enough that Spark would split them, which would break their line numbers."""
+standalone cluster. One run per engine: the cases are files, and each file stands alone. Two big
+files are read by Spark in several splits, one of them cut inside a record that holds a quoted
+newline: the line numbers are the physical ones all the same."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dagster import DagsterInstance, materialize
@@ -38,16 +40,18 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
     files = {}
     for n, case in enumerate(ACCEPTED_CASES.values()):
         files.update({f"case{n:02d} {name}": content for name, content in case.files.items()})
-    # Files past Spark's split size (8 MB here): each must still be read in one piece, or its line
-    # numbers would be wrong; one of them also has a quoted newline deep inside.
+    # Files Spark reads in several splits, one task each: their line numbers must still be the
+    # physical ones; one has a quoted newline deep inside, its two lines cut apart by a split's end.
     big = [line(f"BIG-{i}") for i in range(110_000)]
     files["case-big plain.csv"] = csv_text(big)
     files["case-big multiline.csv"] = csv_text(big[:60_000] + [line("BIG-NL", product_id="two\nlines")] + big[60_000:])
+    before_quote = files["case-big multiline.csv"].encode().index(b"BIG-NL")
+    split_bytes = before_quote + 5  # a split ends inside the record's first line
     landing.export(DAY, files)
-    engines = {
-        "duckdb": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")),
-        "spark": SparkWarehouse(master=spark_cluster.master_url, warehouse_dir=str(tmp_path / "spark-warehouse")),
-    }
+    spark = SparkWarehouse(
+        master=spark_cluster.master_url, warehouse_dir=str(tmp_path / "spark-warehouse"), max_split_bytes=split_bytes
+    )
+    engines = {"duckdb": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")), "spark": spark}
     got = {}
     for name, warehouse in engines.items():
         with DagsterInstance.ephemeral() as instance:
@@ -58,8 +62,12 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
                 instance=instance,
                 raise_on_error=False,
             )
+            logged = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
         assert result.success, failure_messages(result)
         got[name] = tables(warehouse)
+    # the big files were read in pieces (each small file is one)
+    counted = re.search(r"([0-9]+) split\(s\) counted", logged)
+    assert counted and int(counted.group(1)) >= len(files) + 2, logged[-3000:]
 
     duck_rows, duck_rejects = got["duckdb"]
     spark_rows, spark_rejects = got["spark"]

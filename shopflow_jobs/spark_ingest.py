@@ -12,8 +12,10 @@ The flow for a set of days:
    anything is written);
 2. take each day's publish lease (a later ingest of the day fences this one out), and clean up
    this run's own leftovers and those of the runs the engine says Dagster reports finished;
-3. read each file as lines with their physical line numbers (one partition per file, so the row's
-   index in its partition is its line), joining the lines of records that hold quoted newlines;
+3. read each file as lines with their physical line numbers: Spark splits a big file into several
+   tasks, so a first job counts each split's lines (and notes whether a line may open a quoted
+   newline), and a split's first line is the lines of the splits before it + 1; then the lines of
+   records that hold quoted newlines are joined, across splits too;
 4. split each record into fields, keeping malformed ones (too few or too many fields, invalid
    UTF-8) with their reason, then check every rule in one pass;
 5. count per file and rule; refuse a file whose share of rejected lines is above
@@ -76,7 +78,7 @@ from shopflow_assets.contract.raw_schema import column_names
 RAW_DB = "raw.db"
 STAGING = "_staging"
 LEASES = "_leases"  # <warehouse>/_leases/dt=D/<token>.<owner>: who may publish day D
-SPLIT_FILE_LINE = 1 << 33  # monotonically_increasing_id() of the first row of a second partition
+ROW_IN_PARTITION = (1 << 33) - 1  # monotonically_increasing_id(): partition << 33 | row in partition
 TABLES = ("orders", "orders_rejected")
 HEADER_BYTES = 1024 * 1024  # a header line longer than this is not a header
 # A quoted field, Friedl's unrolled loop (no regex recursion per character: fields may be MBs).
@@ -210,11 +212,16 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
             log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
             checked = None
             try:
-                multiline = files_with_multiline_records(spark, files)
+                splits = split_lines(spark, files)
+                multiline = sum(s.multiline for s in splits.values())
+                log.info(
+                    f"{sum(len(s.lines_before) for s in splits.values())} split(s) counted; "
+                    f"{multiline} file(s) with quoted newlines"
+                )
                 if files:
                     parsed = reduce(
                         DataFrame.unionByName,
-                        [parsed_records(spark, f, headers[f.idx], f.idx in multiline) for f in files],
+                        [parsed_records(spark, f, headers[f.idx], splits[f.idx]) for f in files],
                     )
                     checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.DISK_ONLY)
                 counts = file_counts(checked)
@@ -409,20 +416,75 @@ def hadoop_reads_literally(f: ExportFile) -> bool:
     return ":" not in f.path and codec == (".gz" if f.gzip else None)
 
 
-def file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
-    """The file's lines with their physical line number (header = 1).
+@dataclass(frozen=True)
+class FileSplits:
+    """A file's splits as the first job counted them: the line number before each split's first
+    line (by the split's start offset), and whether a line may open a quoted newline."""
 
-    The job reads every file as one partition (spark.sql.files.maxPartitionBytes past any export's
-    size and spark.sql.files.minPartitionNum 1, set by the engine; .gz files never split), so a
-    line's index within its partition is its index in the file: monotonically_increasing_id() is
-    exactly that for partition 0 (a second partition would start at 2^33: see file_counts()).
-    A file Hadoop cannot name as itself is read by Python on an executor instead.
-    """
+    lines_before: dict[int, int]
+    multiline: bool
+
+
+def numbered_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
+    """(split, row, value) of every physical line of the file: the split's start offset, the line's
+    index within its split. Spark cuts a big file into splits at line ends and reads each in a task
+    of its own (a .gz file is one split); a task reads its split's lines in order, so a line's
+    index in its task is monotonically_increasing_id()'s low 33 bits. A file Hadoop cannot name as
+    itself is read by Python on an executor instead, as one split."""
     if hadoop_reads_literally(f):
         lines = spark.read.option("lineSep", "\n").text(hadoop_path(f.path))
-        numbered = lines.select((F.monotonically_increasing_id() + 1).alias("line"), "value")
-    else:
-        numbered = python_file_lines(spark, f)
+        return lines.select(
+            F.col("_metadata.file_block_start").alias("split"),
+            F.expr(f"monotonically_increasing_id() & {ROW_IN_PARTITION}").alias("row"),
+            "value",
+        )
+    return python_file_lines(spark, f).select(F.lit(0).cast("bigint").alias("split"), (F.col("line") - 1).alias("row"), "value")
+
+
+def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileSplits]:
+    """One job over every file's lines: each split's count of lines, first and last row index,
+    and whether a line of it may open a quoted newline (a quote, then the regular expression). The
+    driver gets one row per split. A task that read more than one split (its rows would not start
+    at 0 or would run past the count) fails the ingest before anything is written."""
+    if not files:
+        return {}
+    value = F.col("value")
+    per_split = reduce(
+        DataFrame.unionByName,
+        [
+            numbered_lines(spark, f)
+            .groupBy("split")
+            .agg(
+                F.count("*").alias("lines"),
+                F.min("row").alias("first_row"),
+                F.max("row").alias("last_row"),
+                F.max((value.contains('"') & value.rlike(OPENS_QUOTE)).cast("int")).alias("opens"),
+            )
+            .select(F.lit(f.idx).alias("file_idx"), "*")
+            for f in files
+        ],
+    ).collect()
+    splits: dict[int, FileSplits] = {}
+    for f in files:
+        mine = sorted((r for r in per_split if r.file_idx == f.idx), key=lambda r: r.split)
+        if any(r.first_row != 0 or r.last_row != r.lines - 1 for r in mine):
+            raise RuntimeError(f"{f.display} was read with several splits in one task: its line numbers would be wrong")
+        before, total = {}, 0
+        for r in mine:
+            before[r.split] = total
+            total += r.lines
+        splits[f.idx] = FileSplits(before, any(r.opens for r in mine))
+    return splits
+
+
+def file_lines(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
+    """The file's lines with their physical line number (header = 1): the lines of the splits
+    before the line's split, plus its index in its split, plus 1."""
+    before = F.lit(0).cast("bigint")
+    for split, lines in sorted(splits.lines_before.items()):
+        if lines:  # the first split has none before it
+            before = F.when(F.col("split") == F.lit(split).cast("bigint"), F.lit(lines).cast("bigint")).otherwise(before)
+    numbered = numbered_lines(spark, f).select((before + F.col("row") + 1).alias("line"), "value")
     value = F.col("value")
     return numbered.select(
         "line",
@@ -452,27 +514,11 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     )
 
 
-def files_with_multiline_records(spark: SparkSession, files: list[ExportFile]) -> set[int]:
-    """The files where a quoted field holds a newline (rare): their records span lines."""
-    if not files:
-        return set()
-    opens = reduce(
-        DataFrame.unionByName,
-        [
-            file_lines(spark, f)
-            .where(F.col("value").contains('"') & F.col("value").rlike(OPENS_QUOTE))
-            .select(F.lit(f.idx).alias("file_idx"))
-            for f in files
-        ],
-    )
-    return {row.file_idx for row in opens.distinct().collect()}  # one job over every file
-
-
-def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
+def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
     """(line, record, lines) of the file's data records: a record's line is its first physical line,
     `lines` how many physical lines it spans."""
-    lines = file_lines(spark, f).where(F.col("line") > 1)
-    if not multiline:
+    lines = file_lines(spark, f, splits).where(F.col("line") > 1)
+    if not splits.multiline:
         return lines.where(F.col("value") != "").select("line", F.col("value").alias("record"), F.lit(1).alias("lines"))
     # Whether a line starts a record depends on the lines before it: a CSV state machine with two
     # states (outside or inside a quoted field) whose transition per line is known from the line
@@ -520,7 +566,7 @@ def records(spark: SparkSession, f: ExportFile, multiline: bool) -> DataFrame:
     return joined.where(F.col("record") != "").select(F.col("record_line").alias("line"), "record", "lines")
 
 
-def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multiline: bool) -> DataFrame:
+def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits: FileSplits) -> DataFrame:
     """The file's records as the contract's columns (text), or a malformed reason and the raw text."""
     positions = required_positions(f.day, f.display, header)
     n = len(header)
@@ -540,7 +586,7 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multil
         .when(field_count < n, F.concat(F.lit(f"{MALFORMED_ROW}: missing columns (from column "), missing_from, F.lit(")")))
         .when(field_count > n, F.lit(f"{MALFORMED_ROW}: too many columns"))
     )
-    rows = records(spark, f, multiline).select("line", "record", "lines", fields.alias("fields"))
+    rows = records(spark, f, splits).select("line", "record", "lines", fields.alias("fields"))
     return rows.select(
         F.lit(f.day).cast("date").alias("dt"),
         F.lit(f.idx).alias("_file_idx"),
@@ -557,11 +603,16 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], multil
 
 
 def checked_rows(parsed: DataFrame, run_id: str, loaded_at: dt.datetime) -> DataFrame:
-    """Every record with its typed values and every rule it breaks ('' when none)."""
-    typed = parsed.selectExpr("*", *SPARK.typed_columns())
+    """Every record with every rule it breaks ('' when none), and its values once: typed for a
+    valid row (raw.orders), as written for a rejected one (raw.orders_rejected); what is cached."""
+    typed = parsed.selectExpr("*", *SPARK.typed_columns()).withColumn(
+        "reason", F.coalesce(F.col("malformed"), F.expr(SPARK.reason()))
+    )
+    valid = F.col("reason") == ""
     return typed.select(
-        "*",
-        F.coalesce(F.col("malformed"), F.expr(SPARK.reason())).alias("reason"),
+        "dt", "_file_idx", "_lines", "_source_file", "_source_line", "_raw_line", "reason", "status",
+        *[F.when(valid, F.col(f"t_{c}")).alias(f"t_{c}") for c in REQUIRED_COLUMNS if c != "status"],
+        *[F.when(~valid, F.col(c)).alias(c) for c in REQUIRED_COLUMNS if c != "status"],
         F.lit(loaded_at).cast("timestamp").alias("_loaded_at"),
         F.lit(run_id).alias("_run_id"),
     )
@@ -612,8 +663,6 @@ def file_counts(checked: DataFrame | None) -> dict[int, FileCount]:
         .agg(F.count("*").alias("rows"), F.sum("_lines").alias("lines"), F.max("_source_line").alias("last_line"))
         .collect()
     )
-    if any(g.last_line >= SPLIT_FILE_LINE for g in groups):  # never published: see file_lines()
-        raise RuntimeError("a file was read as several partitions, so its line numbers are wrong")
     for g in groups:
         count = counts.setdefault(g._file_idx, FileCount())
         count.lines += g.lines

@@ -61,6 +61,10 @@ class SparkWarehouse(Warehouse):
     )
     cores_max: int = Field(default=2, description="spark.cores.max of each application.")
     executor_memory: str = Field(default="2g", description="spark.executor.memory of the ingest.")
+    max_split_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        description="spark.sql.files.maxPartitionBytes of the ingest: the most of a file one task reads.",
+    )
     executor_timeout_seconds: int = Field(
         default=60,
         description="The ingest gives up (transient, retried) after this long without an executor.",
@@ -179,9 +183,8 @@ class SparkWarehouse(Warehouse):
             "spark.executor.memory": self.executor_memory,
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-            # One partition per file: a line's index in its partition is its line (see the job).
-            "spark.sql.files.maxPartitionBytes": str(1 << 40),
-            "spark.sql.files.minPartitionNum": "1",  # else a file is split to give every core a share
+            # A big file is read by several tasks (the job numbers each split's lines)
+            "spark.sql.files.maxPartitionBytes": str(self.max_split_bytes),
             "spark.sql.warehouse.dir": self.warehouse_dir,
             "spark.sql.catalogImplementation": "in-memory",  # the ingest writes paths, not the metastore
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
