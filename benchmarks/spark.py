@@ -1,9 +1,10 @@
-"""Benchmark 7: raw/orders on Spark for one big day (default 20,000,000 order lines in 8 files,
-about 2 GB of CSV) on a local standalone cluster (one master, one worker, 2 cores), against bare
-Spark on the same files in the same run (spark-submit of `read.csv` with the schema -> Parquet), and
-against the DuckDB engine on the same files. Target: raw/orders on Spark <= 2x bare Spark.
+"""Benchmark 7: raw/orders on Spark for one big day (default 20,000,000 order lines, about 2 GB of
+CSV), laid out in 8 files and then in 1 file, on a local standalone cluster (one master, one
+worker, 2 cores), against bare Spark on the same files in the same run (spark-submit of `read.csv`
+with the schema -> Parquet); with --duckdb also the DuckDB engine. Target: raw/orders on Spark
+<= 2x bare Spark, for both layouts.
 
-    .venv/bin/python -m benchmarks.spark [--lines 20000000] [--files 8] [--master spark://host:7077]
+    .venv/bin/python -m benchmarks.spark [--lines 20000000] [--files 8,1] [--master spark://host:7077] [--duckdb]
 
 Without --master it starts a cluster with scripts/spark-cluster on free ports and stops it after.
 Both Spark figures include the application's start (spark-submit to exit, or step start to
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,41 +80,57 @@ def start_cluster(directory: Path) -> str:
     return out.strip().splitlines()[-1]
 
 
+def measure(root: Path, master: str, lines: int, files: int, duckdb_too: bool) -> dict:
+    """One layout: the same lines in `files` files; bare Spark before and after ours."""
+    started = time.perf_counter()
+    paths = write_day(root / "landing", DAY, lines, files=files)
+    size = sum(f.stat().st_size for f in paths)
+    print(f"[{files} file(s)] wrote {lines:,} lines, {size / 1e9:.2f} GB, in {time.perf_counter() - started:.0f} s", flush=True)
+    spark = SparkWarehouse(master=master, warehouse_dir=str(root / "spark-warehouse"))
+    conf = {k: v for k, v in spark.spark_conf().items() if k != "spark.sql.files.maxPartitionBytes"}
+    bare = bare_spark(master, paths, root / "bare-1", conf)
+    print(f"[{files} file(s)] bare Spark: {bare:.1f} s", flush=True)
+    ours, loaded = pipeline(root / "landing", spark)
+    print(f"[{files} file(s)] raw/orders on Spark: {ours:.1f} s ({loaded:,} rows)", flush=True)
+    bare_again = bare_spark(master, paths, root / "bare-2", conf)
+    print(f"[{files} file(s)] bare Spark again: {bare_again:.1f} s", flush=True)
+    result = {"files": files, "size": size, "bare": (bare, bare_again), "ours": ours, "loaded": loaded}
+    if duckdb_too:
+        duck, _ = pipeline(root / "landing", DuckDBWarehouse(path=str(root / "w.duckdb"), memory_limit="4GB"))
+        print(f"[{files} file(s)] raw/orders on DuckDB: {duck:.1f} s", flush=True)
+        result["duckdb"] = duck
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=20_000_000)
-    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--files", default="8,1", help="the layouts, comma-separated file counts (default 8,1)")
     parser.add_argument("--master", default=None, help="a running master; default: start a local cluster")
+    parser.add_argument("--duckdb", action="store_true", help="also the DuckDB engine on the same files")
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    layouts = [int(n) for n in args.files.split(",")]
+    results = []
     with tempfile.TemporaryDirectory(dir=REPO_ROOT / "data" if (REPO_ROOT / "data").is_dir() else None) as tmp:
         root = Path(tmp)
-        started = time.perf_counter()
-        files = write_day(root / "landing", DAY, args.lines, files=args.files)
-        size = sum(f.stat().st_size for f in files)
-        print(f"wrote {args.lines:,} lines in {len(files)} files, {size / 1e9:.2f} GB, in {time.perf_counter() - started:.0f} s", flush=True)
         master = args.master or start_cluster(root / "cluster")
-        spark = SparkWarehouse(master=master, warehouse_dir=str(root / "spark-warehouse"))
-        conf = {k: v for k, v in spark.spark_conf().items() if k != "spark.sql.files.maxPartitionBytes"}
         try:
-            bare = bare_spark(master, files, root / "bare-1", conf)
-            print(f"bare Spark: {bare:.1f} s", flush=True)
-            ours, loaded = pipeline(root / "landing", spark)
-            print(f"raw/orders on Spark: {ours:.1f} s ({loaded:,} rows)", flush=True)
-            bare_again = bare_spark(master, files, root / "bare-2", conf)
-            print(f"bare Spark again: {bare_again:.1f} s", flush=True)
-            duck, duck_loaded = pipeline(root / "landing", DuckDBWarehouse(path=str(root / "w.duckdb"), memory_limit="4GB"))
-            print(f"raw/orders on DuckDB: {duck:.1f} s ({duck_loaded:,} rows)", flush=True)
+            for files in layouts:
+                results.append(measure(root / f"files-{files}", master, args.lines, files, args.duckdb))
+                shutil.rmtree(root / f"files-{files}")  # 2 GB of CSV and as much Parquet each
         finally:
             if not args.master:
                 subprocess.run([str(REPO_ROOT / "scripts" / "spark-cluster"), "stop", "--dir", str(root / "cluster")], check=False)
-    baseline = min(bare, bare_again)
-    print(f"lines {args.lines:,}  files {len(files)}  CSV {size / 1e9:.2f} GB  loaded {loaded:,} (DuckDB {duck_loaded:,})")
-    print(f"bare Spark read.csv(schema) -> Parquet: {baseline:.1f} s (runs: {bare:.1f}, {bare_again:.1f})")
-    print(f"raw/orders on Spark, step start -> materialization: {ours:.1f} s")
-    print(f"raw/orders on DuckDB, same files: {duck:.1f} s")
-    print(f"ratio Spark ingest / bare Spark: {ours / baseline:.2f}x  (target <= 2x)")
-    print(f"ratio Spark ingest / DuckDB ingest: {ours / duck:.2f}x")
+    print(f"\n{args.lines:,} lines; bare Spark = spark-submit of read.csv(schema) -> Parquet, best of the runs before and after ours")
+    print(f"{'files':>5}  {'CSV GB':>6}  {'bare Spark s':>12}  {'raw/orders s':>12}  {'ratio':>6}  target <= 2x")
+    for r in results:
+        baseline = min(r["bare"])
+        extra = f"  (DuckDB engine {r['duckdb']:.1f} s)" if "duckdb" in r else ""
+        print(
+            f"{r['files']:>5}  {r['size'] / 1e9:>6.2f}  {baseline:>12.1f}  {r['ours']:>12.1f}  "
+            f"{r['ours'] / baseline:>5.2f}x  runs {r['bare'][0]:.1f}, {r['bare'][1]:.1f}{extra}"
+        )
 
 
 if __name__ == "__main__":
