@@ -17,9 +17,12 @@ import duckdb
 from dagster import DagsterEventType, DagsterInstance, materialize
 
 from benchmarks._data import write_day
-from shopflow_assets.defs.ingest.assets import raw_orders
+from shopflow_assets.defs.ingest import raw_orders_asset
+from shopflow_assets.settings import Settings
 from shopflow_assets.engines import DuckDBWarehouse
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
+
+raw_orders = raw_orders_asset(Settings.from_env({}))  # the defaults, unbound
 
 DAY = dt.date(2024, 3, 1)
 

@@ -28,13 +28,16 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 from dagster_dbt import DbtCliResource
 
 from benchmarks._data import write_day
-from shopflow_assets.defs.ingest.assets import raw_orders
-from shopflow_assets.defs.models.assets import shopflow_dbt_models
+from shopflow_assets.defs.ingest import raw_orders_asset
+from shopflow_assets.defs.models import dbt_models_asset
 from shopflow_assets.defs.models.project import dbt_executable
 from shopflow_assets.defs.models.project import shopflow_dbt_project
 from shopflow_assets.engines import DuckDBWarehouse
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 from shopflow_assets.settings import Settings
+
+raw_orders = raw_orders_asset(Settings.from_env({}))  # the defaults, unbound
+shopflow_dbt_models = dbt_models_asset(Settings.from_env({}))
 
 DAY = dt.date(2024, 3, 1)
 MEMORY_LIMIT = Settings.from_env({}).duckdb_memory_limit  # the default of SHOPFLOW_DUCKDB_MEMORY_LIMIT, on both sides

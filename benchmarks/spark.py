@@ -26,10 +26,13 @@ from pathlib import Path
 from dagster import DagsterEventType, DagsterInstance, materialize
 
 from benchmarks._data import REPO_ROOT, write_day
-from shopflow_assets.defs.ingest.assets import raw_orders
+from shopflow_assets.defs.ingest import raw_orders_asset
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse
 from shopflow_assets.engines.spark import spark_home
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.settings import Settings
+
+raw_orders = raw_orders_asset(Settings.from_env({"SHOPFLOW_ENGINE": "spark"}))  # unbound: each run binds its warehouse
 
 DAY = dt.date(2024, 3, 1)
 

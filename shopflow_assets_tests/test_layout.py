@@ -93,3 +93,14 @@ def test_no_import_runs_in_a_circle():
         for node in sorted(g):
             if node not in state:
                 visit(node, [node])
+
+
+def test_every_benchmark_imports():
+    """Benchmarks run on demand, not in the suite: an import they rely on that a change moved would
+    otherwise go unnoticed until someone needs the figures."""
+    import importlib
+
+    names = sorted(p.stem for p in (REPO_ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
+    assert "spark" in names and "ingest" in names
+    for name in names:
+        importlib.import_module(f"benchmarks.{name}")
