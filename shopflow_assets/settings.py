@@ -47,6 +47,7 @@ class Settings:
     spark_master: str
     spark_warehouse: str  # a path, or a URI (file://, hdfs://, s3a://)
     spark_thrift: str  # host:port of the Spark Thrift Server dbt runs through
+    spark_remote: str | None  # sc://host:port of the Spark Connect server the ingest runs on
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -78,6 +79,7 @@ class Settings:
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
             spark_warehouse=_path_or_uri(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
             spark_thrift=_parse_host_port("SHOPFLOW_SPARK_THRIFT", get("SHOPFLOW_SPARK_THRIFT", "127.0.0.1:10000")),
+            spark_remote=_parse_spark_remote(get("SHOPFLOW_SPARK_REMOTE", "")) or None,
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -180,6 +182,21 @@ def _parse_host_port(name: str, value: str) -> str:
     if not match or not 0 < int(match.group(3)) < 65536:
         raise SettingsError(f"{name}={value!r} is not host:port: e.g. {name}=spark-thrift.internal:10000")
     return value
+
+
+_SPARK_REMOTE = re.compile(r"sc://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?/?")
+
+
+def _parse_spark_remote(value: str) -> str:
+    """A Spark Connect URL, sc://host[:port] (15002 if none). Its `/;key=value` parameters (a
+    token, TLS) are not taken here: they would sit in the settings that the UI shows."""
+    match = _SPARK_REMOTE.fullmatch(value)
+    if value and (not match or not 0 < int(match.group("port") or 15002) < 65536):
+        raise SettingsError(
+            f"SHOPFLOW_SPARK_REMOTE={value!r} is not a Spark Connect URL: e.g. "
+            "SHOPFLOW_SPARK_REMOTE=sc://spark-connect.internal:15002"
+        )
+    return value.rstrip("/")
 
 
 def _parse_date(name: str, value: str) -> dt.date:

@@ -248,6 +248,20 @@ def saved_parse_lock(request, tmp_path_factory):
         yield
 
 
+SPARK_FIXTURES = {"spark_cluster", "spark_sql"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items):
+    """Every test on the Spark cluster runs on one pytest-xdist worker: one cluster (and one
+    Thrift and Connect server, one backfill of test_spark_engine) for the suite, not one per worker;
+    the other worker takes the rest meanwhile. A test that asks for the Spark cluster only at run
+    time (request.getfixturevalue) is marked by hand."""
+    for item in items:
+        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("spark"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def spark_on_loopback():
     """Spark drivers and executors of the tests talk over loopback only (the machine's name may
@@ -258,7 +272,7 @@ def spark_on_loopback():
 
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
-    """A Spark standalone master and one worker (3 cores, 5g for executors) on 127.0.0.1 on free
+    """A Spark standalone master and one worker (5 cores, 7g for executors) on 127.0.0.1 on free
     ports, for the whole session of a pytest-xdist worker (each one that runs a Spark test starts
     its own); run applications one at a time. Yields a
     `spark_cluster.SparkCluster`: `master_url`, `web_url`, `applications()`, `alive_workers()`,
@@ -277,8 +291,9 @@ def spark_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark_sql(spark_cluster):
-    """`spark_cluster` with its Hive metastore (a local PostgreSQL) and its Spark Thrift Server
-    started: what dbt runs on. Its warehouse is `spark_sql.warehouse`, its address `spark_sql.thrift`."""
+    """`spark_cluster` with its Hive metastore (a local PostgreSQL), its Spark Thrift Server (what
+    dbt runs on) and its Spark Connect server (what the ingest runs on) started. Its warehouse is
+    `spark_sql.warehouse`, their addresses `spark_sql.thrift` and `spark_sql.remote`."""
     from .spark_cluster import SparkClusterError
 
     try:

@@ -1,7 +1,7 @@
 """A throwaway Spark standalone cluster for the tests: one master and one worker on 127.0.0.1, on
 free ports (a developer's own cluster on 7077/8080/8081 is left alone), from the venv's pip PySpark;
-on demand (`start_sql()`) also the Hive metastore in a local PostgreSQL and the Spark Thrift Server
-on the cluster's own warehouse folder.
+on demand (`start_sql()`) also the Hive metastore in a local PostgreSQL, the Spark Thrift Server and
+the Spark Connect server on the cluster's own warehouse folder.
 
 The starting, waiting and stopping is `scripts/spark-cluster`'s (the one implementation, also what
 users run); this module picks the ports, reads the master's JSON page, and checks for leftovers.
@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "spark-cluster"
 START_TIMEOUT_SECONDS = 90
-SERVER_APPLICATIONS = ("shopflow-thrift",)  # started by scripts/spark-cluster, running for good
+SERVER_APPLICATIONS = ("shopflow-thrift", "shopflow-connect")  # scripts/spark-cluster's, running for good
 
 
 def spark_home() -> str:
@@ -80,6 +80,8 @@ class SparkCluster:
     thrift_port: int
     thrift_ui_port: int
     metastore_port: int
+    connect_port: int
+    connect_ui_port: int
     process_groups: set[int] = field(default_factory=set, init=False, repr=False)  # the daemons' groups
     _stopped: bool = field(default=False, init=False, repr=False)
 
@@ -101,8 +103,18 @@ class SparkCluster:
         """SHOPFLOW_SPARK_THRIFT of this cluster."""
         return f"127.0.0.1:{self.thrift_port}"
 
+    @property
+    def remote(self) -> str:
+        """SHOPFLOW_SPARK_REMOTE of this cluster: its Spark Connect server."""
+        return f"sc://127.0.0.1:{self.connect_port}"
+
+    @property
+    def connect_ui(self) -> str:
+        return f"http://127.0.0.1:{self.connect_ui_port}"
+
     def start_sql(self) -> "SparkCluster":
-        """Start the metastore and the Thrift server beside the master and the worker (once)."""
+        """Start the metastore, the Thrift server and the Connect server beside the master and the
+        worker (once)."""
         self._script("start", env={**os.environ, "SHOPFLOW_SPARK_WAREHOUSE": str(self.warehouse)})
         return self
 
@@ -115,6 +127,15 @@ class SparkCluster:
         with urllib.request.urlopen(f"{base}/{app['id']}/sql?details=false&length=100000", timeout=10) as response:
             executions = json.load(response)
         return max((e["id"] for e in executions), default=-1) + 1
+
+    def connect_jobs(self, status: str = "running") -> list[dict]:
+        """The Connect server application's Spark jobs in `status` (its REST API): the work of the
+        ingests that run there."""
+        base = f"{self.connect_ui}/api/v1/applications"
+        with urllib.request.urlopen(base, timeout=10) as response:
+            (app,) = json.load(response)
+        with urllib.request.urlopen(f"{base}/{app['id']}/jobs?status={status}", timeout=10) as response:
+            return json.load(response)
 
     # --- the master's JSON page ------------------------------------------------------------------
     def page(self) -> dict:
@@ -244,7 +265,7 @@ class SparkCluster:
     # --- internals -------------------------------------------------------------------------------
     def _remember_groups(self) -> None:
         # each daemon leads its own process group: the pid in its pid file is the group's id
-        for name in ("master", "worker", "thrift"):
+        for name in ("master", "worker", "thrift", "connect"):
             try:
                 self.process_groups.add(int((self.directory / f"{name}.pid").read_text()))
             except (OSError, ValueError):
@@ -268,13 +289,13 @@ class SparkCluster:
 
 
 def start_spark_cluster(
-    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 3, worker_memory: str = "5g"
+    directory: Path, *, timeout: int = START_TIMEOUT_SECONDS, worker_cores: int = 5, worker_memory: str = "7g"
 ) -> SparkCluster:
     """Start a master and one worker on free ports, their files in `directory`; returns once the
     master lists the worker ALIVE. Raises SparkClusterError with the logs' tail otherwise."""
     directory.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
-        ports = free_ports(6)
+        ports = free_ports(8)
         cluster = SparkCluster(directory.resolve(), *ports)
         env = {
             **os.environ,
@@ -284,6 +305,8 @@ def start_spark_cluster(
             "SPARK_THRIFT_PORT": str(cluster.thrift_port),
             "SPARK_THRIFT_UI_PORT": str(cluster.thrift_ui_port),
             "SPARK_METASTORE_PORT": str(cluster.metastore_port),
+            "SPARK_CONNECT_PORT": str(cluster.connect_port),
+            "SPARK_CONNECT_UI_PORT": str(cluster.connect_ui_port),
             "SPARK_WORKER_CORES": str(worker_cores),
             "SPARK_WORKER_MEMORY": worker_memory,
             "SPARK_CLUSTER_TIMEOUT": str(timeout),

@@ -90,8 +90,18 @@ def folder_content(spark_dir: Path, day: str) -> dict[str, str]:
     return found
 
 
-def spark_warehouse(master: str, spark_dir: Path, thrift: str = "127.0.0.1:10000") -> SparkWarehouse:
-    return SparkWarehouse(master=master, warehouse_dir=str(spark_dir), thrift=thrift)
+def spark_warehouse(master: str, spark_dir: Path, thrift: str = "127.0.0.1:10000", remote: str = "") -> SparkWarehouse:
+    return SparkWarehouse(master=master, warehouse_dir=str(spark_dir), thrift=thrift, remote=remote)
+
+
+def java_trap(folder: Path) -> tuple[Path, Path]:
+    """A bin folder whose `java` records its arguments in a file and fails: first on a Dagster
+    process's PATH (JAVA_HOME unset), it proves that nothing there starts a JVM. (bin, calls file)"""
+    trap, calls = folder / "java-trap", folder / "java-calls.log"
+    trap.mkdir()
+    (trap / "java").write_text(f'#!/bin/sh\necho "java $*" >> "{calls}"\nexit 1\n')
+    (trap / "java").chmod(0o755)
+    return trap, calls
 
 
 def duckdb_warehouse(path: Path) -> DuckDBWarehouse:

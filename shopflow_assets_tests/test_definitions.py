@@ -83,6 +83,10 @@ def test_settings_defaults_and_clear_errors():
     assert settings.spark_warehouse == str(REPO_ROOT / "data" / "spark-warehouse")
     assert settings.spark_thrift == "127.0.0.1:10000"
     assert Settings.from_env({"SHOPFLOW_SPARK_THRIFT": "spark-thrift.internal:10001"}).spark_thrift == "spark-thrift.internal:10001"
+    # no Connect URL: the ingest is spark-submitted to SHOPFLOW_SPARK_MASTER
+    assert settings.spark_remote is None
+    for remote in ("sc://spark-connect.internal:15002", "sc://10.0.0.7", "sc://h:15003/"):
+        assert Settings.from_env({"SHOPFLOW_SPARK_REMOTE": remote}).spark_remote == remote.rstrip("/")
 
     for env, words in (
         ({"SHOPFLOW_START_DATE": "01/02/2024"}, "SHOPFLOW_START_DATE='01/02/2024' is not a date"),
@@ -94,6 +98,12 @@ def test_settings_defaults_and_clear_errors():
         *(
             ({"SHOPFLOW_SPARK_THRIFT": value}, f"SHOPFLOW_SPARK_THRIFT={value!r} is not host:port")
             for value in ("thrift://h:10000", "h", "h:", ":10000", "h:0", "h:65536", "h :1", "-h:1", "h;x:1", "[::1]:10000")
+        ),
+        # a token in the URL's parameters would show in the UI's settings; a path is no server
+        *(
+            ({"SHOPFLOW_SPARK_REMOTE": value}, f"SHOPFLOW_SPARK_REMOTE={value!r} is not a Spark Connect URL")
+            for value in ("h:15002", "spark://h:7077", "sc://", "sc://h:0", "sc://h:70000", "sc://h:15002/;token=secret",
+                          "sc://h/db", "sc://-h:1", "sc://h h:1", "sc://user@h:1")
         ),
     ):
         try:

@@ -1,11 +1,13 @@
-"""The Spark engine on a real standalone cluster (the `spark_cluster` fixture), driven as users drive
-it: `dagster asset materialize` with SHOPFLOW_ENGINE=spark, and the daemon (docs/contract.md "Engines").
+"""The Spark engine on a real standalone cluster (the `spark_sql` fixture: master, worker, Postgres
+metastore, Thrift server, Connect server), driven as users drive it: `dagster asset materialize`
+with SHOPFLOW_ENGINE=spark and SHOPFLOW_SPARK_REMOTE, and the daemon (docs/contract.md "Engines").
 
 Parity is the proof: the same exports through both engines give the same tables. Spark runs are slow
 (a Spark ingest and a dbt-spark build take a minute or more each on two cores), so the module runs the
 three-day backfill once per engine (one run each), and the two tests after the parity test go on
 from its Spark warehouse: a missing column (fails before Spark is asked for anything), and the
-daemon taking a re-export that empties a day (one Spark ingest, one dbt-spark build)."""
+daemon taking a re-export that empties a day (one Spark ingest, one dbt-spark build) with no Java on
+the Dagster side."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from .spark_helpers import (
     duckdb_warehouse,
     edge_export,
     folder_content,
+    java_trap,
     materialize_cli,
     row,
     rows_of,
@@ -60,17 +63,6 @@ pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a br
 DAYS = ("2024-03-01", "2024-03-02", "2024-03-03")
 EDGE_DAY = DAYS[1]  # the day with the hand-written files beside the realistic ones
 REJECT_KEY = ["dt", "_source_file", "_source_line", "reason"]
-
-
-def new_applications(cluster, before: set[str], names: list[str]) -> dict[str, str]:
-    """name -> state of the newest application of each name that started after `before`, once the
-    master has recorded its end."""
-    found = {}
-    for name in names:
-        app = cluster.wait_for_application(name, states=("FINISHED", "FAILED", "KILLED"), timeout=60)
-        assert app.id not in before, f"no new application {name!r}: {[(a.name, a.id) for a in cluster.applications()]}"
-        found[name] = app.state
-    return found
 
 
 def dagster_home(path: Path) -> Path:
@@ -101,12 +93,15 @@ class Backfill:
     spark_env: dict[str, str]
     duckdb_path: Path
     spark_run: CliRun
-    applications: dict[str, str]
+    new_applications: list[str]  # applications the master lists that the backfill started
     thrift_statements: int  # SQL statements the Thrift server ran during the Spark backfill
 
     @property
     def spark(self):
-        return spark_warehouse(self.spark_env["SHOPFLOW_SPARK_MASTER"], self.spark_dir, self.spark_env["SHOPFLOW_SPARK_THRIFT"])
+        return spark_warehouse(
+            self.spark_env["SHOPFLOW_SPARK_MASTER"], self.spark_dir, self.spark_env["SHOPFLOW_SPARK_THRIFT"],
+            self.spark_env["SHOPFLOW_SPARK_REMOTE"],
+        )
 
     @property
     def duckdb(self):
@@ -138,6 +133,7 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(spark_dir),
         SHOPFLOW_SPARK_THRIFT=spark_sql.thrift,
+        SHOPFLOW_SPARK_REMOTE=spark_sql.remote,
     )
     before = {a.id for a in spark_cluster.applications()}
     statements_before = spark_sql.thrift_sql_executions()
@@ -145,7 +141,7 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
     (root / "spark-backfill.log").write_text(spark_run.tail(10**9))
     print(f"\nSpark: 3-day backfill, one run: {spark_run.seconds:.0f} s")
     assert spark_run.returncode == 0, spark_run.tail()
-    applications = new_applications(spark_cluster, before, [f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}"])
+    new_apps = [f"{a.name} ({a.id})" for a in spark_cluster.applications() if a.id not in before]
     thrift_statements = spark_sql.thrift_sql_executions() - statements_before
 
     # DuckDB: the same range as one run, in process (the CLI path of DuckDB is test_cli's).
@@ -168,7 +164,7 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
     assert result.success, failure_messages(result)
 
     return Backfill(
-        landing, edge, spark_dir, spark_home, spark_env, duckdb_path, spark_run, applications, thrift_statements
+        landing, edge, spark_dir, spark_home, spark_env, duckdb_path, spark_run, new_apps, thrift_statements
     )
 
 
@@ -184,9 +180,11 @@ def test_the_same_exports_give_the_same_tables_on_spark_and_duckdb(backfill, spa
     assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
         DAYS[0], DAYS[-1]
     )
-    assert backfill.applications == {f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}": "FINISHED"}
+    # The ingest ran in the Connect server's application, dbt in the Thrift server's: the backfill
+    # started no application (no Spark driver) of its own.
+    assert backfill.new_applications == []
     # each day's raw/orders materialization names the application that ingested it
-    app = spark_cluster.wait_for_application(f"shopflow-ingest {DAYS[0]}..{DAYS[-1]}")
+    (app,) = [a for a in spark_cluster.applications() if a.name == "shopflow-connect" and a.active]
     ingested = {
         m.partition: m.metadata["spark_application_id"].value
         for m in (
@@ -196,7 +194,7 @@ def test_the_same_exports_give_the_same_tables_on_spark_and_duckdb(backfill, spa
         if m.asset_key.to_user_string() == "raw/orders"
     }
     assert ingested == {day: app.id for day in DAYS}
-    # dbt ran no Spark driver of its own: its models and tests ran in the Thrift server's application
+    # dbt's models and tests ran in the Thrift server's application
     manifest = json.loads(Path(shopflow_dbt_project.manifest_path).read_text())
     nodes = len([n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "test")])
     assert backfill.thrift_statements >= nodes, (backfill.thrift_statements, nodes)
@@ -276,32 +274,6 @@ def diff(left: list[tuple], right: list[tuple], columns: list[str], limit: int =
     return f"columns {columns}\nonly on Spark: {only_left}\nonly on DuckDB: {only_right}"
 
 
-# --- dbt needs no Java on the Dagster machine ------------------------------------------------
-
-
-def test_the_models_build_on_spark_with_no_java_on_the_dagster_machine(backfill, tmp_path):
-    """dbt is a client of the Thrift server: with JAVA_HOME unset and, first on PATH, a `java` that
-    records any call and fails, the marts of a day rebuild to the same rows and nothing calls it."""
-    day = DAYS[0]
-    trap = tmp_path / "bin"
-    trap.mkdir()
-    calls = tmp_path / "java-calls.log"
-    (trap / "java").write_text(f'#!/bin/sh\necho "java $*" >> {calls}\nexit 1\n')
-    (trap / "java").chmod(0o755)
-    env = {k: v for k, v in backfill.spark_env.items() if k != "JAVA_HOME"}
-    env["PATH"] = f"{trap}:{env.get('PATH', '')}"
-    where = f"dt = DATE '{day}'"
-    before = {t: rows_of(backfill.spark, t, ["*"], where) for t in ("analytics.fact_sales", "analytics.daily_revenue")}
-    assert before["analytics.fact_sales"]
-
-    run = materialize_cli(env, "--select", "fact_sales,daily_revenue", "--partition", day)
-
-    assert run.returncode == 0, run.tail()
-    assert not calls.exists(), calls.read_text()
-    assert "dbt build for" in run.output
-    assert {t: rows_of(backfill.spark, t, ["*"], where) for t in before} == before
-
-
 # --- 2. a missing column -------------------------------------------------------------------
 
 
@@ -337,10 +309,13 @@ def test_a_missing_column_fails_the_spark_run_once_naming_file_and_column_and_ch
 SENSOR_INTERVAL = 3
 @pytest.fixture
 def spark_daemon(backfill, spark_sql, slack_server, tmp_path):
-    spark_cluster = spark_sql
     """A real dagster-daemon on workspace.yaml with SHOPFLOW_ENGINE=spark on the session's cluster
-    and the backfill's Spark warehouse, a new landing zone, embedded storage (a DAGSTER_HOME holding
-    a copy of the top-level dagster.yaml), Slack's stand-in. Yields (instance, landing, log)."""
+    (the ingest through its Connect server, dbt through its Thrift server) and the backfill's Spark
+    warehouse, a new landing zone, embedded storage (a DAGSTER_HOME holding a copy of the top-level
+    dagster.yaml), Slack's stand-in. The daemon, its code server and its run workers have no Java:
+    JAVA_HOME unset and, first on PATH, a `java` that records any call and fails. Yields (instance,
+    landing, log, the file where `java` records its calls)."""
+    spark_cluster = spark_sql
     home = dagster_home(tmp_path / "dagster_home")
     landing = Landing(tmp_path / "landing")
     landing.root.mkdir()
@@ -352,24 +327,29 @@ def spark_daemon(backfill, spark_sql, slack_server, tmp_path):
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(backfill.spark_dir),
         SHOPFLOW_SPARK_THRIFT=spark_cluster.thrift,
+        SHOPFLOW_SPARK_REMOTE=spark_cluster.remote,
         SLACK_BOT_TOKEN=SLACK_TOKEN,
         SHOPFLOW_SLACK_API_URL=slack_server.api_url,
         SHOPFLOW_SENSOR_INTERVAL_SECONDS=str(SENSOR_INTERVAL),
     )
+    env.pop("JAVA_HOME", None)
+    trap, calls = java_trap(tmp_path)
+    env["PATH"] = f"{trap}:{env.get('PATH', '')}"
     log = tmp_path / "daemon.log"
     with DagsterInstance.from_config(str(home)) as instance, daemon_process(env, log):
-        yield instance, landing, log
+        yield instance, landing, log, calls
 
 
 def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_once(
     spark_daemon, backfill, spark_cluster, slack_server
 ):
-    """Nobody at the keyboard: D's export lands with _SUCCESS -> the export sensor's run: raw/orders
-    (a Spark application), then fact_sales and daily_revenue (dbt on Spark) -> READY
-    reaches Slack's stand-in; one materialization of each asset. The export is D's re-export that
-    empties it (a header-only file, a file of rows now all rejected): D ends empty in raw.orders,
-    fact_sales and daily_revenue, and not a byte of the other days changes."""
-    instance, landing, log = spark_daemon
+    """Nobody at the keyboard and no Java on the Dagster side: D's export lands with _SUCCESS -> the
+    export sensor's run: raw/orders (on the Connect server), then fact_sales and daily_revenue (dbt
+    through the Thrift server) -> READY reaches Slack's stand-in; one materialization of each asset;
+    the trap `java` was never called. The export is D's re-export that empties it (a header-only
+    file, a file of rows now all rejected): D ends empty in raw.orders, fact_sales and
+    daily_revenue, and not a byte of the other days changes."""
+    instance, landing, log, java_calls = spark_daemon
     day, others = DAYS[1], [DAYS[0], DAYS[2]]
     spark = backfill.spark
     where = f"dt = DATE '{day}'"
@@ -391,9 +371,8 @@ def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_
     # exactly once, on Spark, no failure
     assert materializations(instance, day) == {"raw/orders": 1, "fact_sales": 1, "daily_revenue": 1}
     assert instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE])) == []
-    assert new_applications(spark_cluster, before, [f"shopflow-ingest {day}..{day}"]) == {
-        f"shopflow-ingest {day}..{day}": "FINISHED"
-    }
+    assert [a.name for a in spark_cluster.applications() if a.id not in before] == []  # no driver of its own
+    assert not java_calls.exists(), java_calls.read_text()
     (message,) = ready()
     assert message.splitlines()[:4] == [
         f":white_check_mark: READY: fact_sales for {day} landed", f"• Day: {day}", "• Rows: 0", "• Net revenue: 0.00"

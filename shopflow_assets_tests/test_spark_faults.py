@@ -355,8 +355,14 @@ telemetry:
 """
 
 
-def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_cluster, landing, tmp_path):
-    write_day(landing.root, day_of(D), 12_000)
+@pytest.mark.parametrize("path", ["connect", "spark-submit"])
+def test_a_cancelled_run_leaves_no_spark_work_or_driver_running(path, spark_cluster, request, landing, tmp_path):
+    """Over Spark Connect the job's Spark jobs on the server are interrupted and the job's process
+    ends; under spark-submit its application ends too."""
+    connect = path == "connect"
+    if connect:
+        request.getfixturevalue("spark_sql")  # the Connect server
+    write_day(landing.root, day_of(D), 12_000 if not connect else 200_000)
     warehouse = tmp_path / "spark-warehouse"
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -370,6 +376,7 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
         SHOPFLOW_SPARK_WAREHOUSE=str(warehouse),
         DAGSTER_HOME=str(home),
         SHOPFLOW_FAULT_TEST=mark,  # every process of this test's run carries it
+        **({"SHOPFLOW_SPARK_REMOTE": spark_cluster.remote} if connect else {}),
     )
     (port,) = free_ports(1)
     server_log = tmp_path / "code-server.log"
@@ -403,12 +410,15 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
             def working():
                 run = instance.get_run_by_id(run_id)
                 assert run is not None and not run.is_finished, f"the run ended before the cancel: {run and run.status}"
+                if connect:
+                    return spark_cluster.connect_jobs() and marked_drivers(mark)
                 return running_ingest(spark_cluster) and marked_drivers(mark)
 
-            # the Spark job is under way: its application took the cluster, its executor runs tasks
+            # the Spark job is under way: its application took the cluster (or its jobs run in the
+            # Connect server's), its executor runs tasks
             drivers = wait_until(working, "the Spark ingest's tasks to run", interval=0.2)
             apps = spark_cluster.running_jobs()
-            assert [a.name for a in apps] == [APP], apps
+            assert [a.name for a in apps] == ([] if connect else [APP]), apps
 
             cancelled = time.monotonic()
             assert instance.run_launcher.terminate(run_id)
@@ -416,7 +426,8 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
 
             def nothing_left():
                 active = [(a.name, a.state) for a in spark_cluster.running_jobs()]
-                return (not active and not marked_drivers(mark)) or None
+                jobs = spark_cluster.connect_jobs() if connect else []
+                return (not active and not jobs and not marked_drivers(mark)) or None
 
             try:
                 wait_until(nothing_left, "no Spark application and no driver", timeout=30, interval=0.5)
@@ -424,11 +435,13 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
                 raise AssertionError(
                     f"30 s after the cancel: active applications "
                     f"{[(a.name, a.state) for a in spark_cluster.running_jobs()]}, "
+                    f"Connect server jobs {spark_cluster.connect_jobs() if connect else None}, "
                     f"driver processes {marked_drivers(mark)} (were {drivers})"
                 ) from None
             gone_after = time.monotonic() - cancelled
-            ended = spark_cluster.wait_for_application(APP, states=("FINISHED", "KILLED", "FAILED"), timeout=10)
-            assert ended.id == apps[0].id
+            if not connect:
+                ended = spark_cluster.wait_for_application(APP, states=("FINISHED", "KILLED", "FAILED"), timeout=10)
+                assert ended.id == apps[0].id
             try:
                 status = wait_until(
                     lambda: instance.get_run_by_id(run_id).is_finished and instance.get_run_by_id(run_id).status,
@@ -450,8 +463,12 @@ def test_a_cancelled_run_leaves_no_spark_application_or_driver_running(spark_clu
             assert DagsterEventType.STEP_RESTARTED not in kinds
             started = [e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)]
             assert started == ["raw__orders"], started
-            assert [a.id for a in spark_cluster.applications() if a.name == APP and a.id >= apps[0].id] == [apps[0].id]
-            print(f"\ncancelled: application and driver gone {gone_after:.1f} s after terminate; app {ended.state}")
+            if connect:
+                assert [a.name for a in spark_cluster.running_jobs()] == []
+                print(f"\ncancelled: Connect jobs and the job's process gone {gone_after:.1f} s after terminate")
+            else:
+                assert [a.id for a in spark_cluster.applications() if a.name == APP and a.id >= apps[0].id] == [apps[0].id]
+                print(f"\ncancelled: application and driver gone {gone_after:.1f} s after terminate; app {ended.state}")
         # nothing of D was published
         assert published(warehouse)["files"] == []
     finally:
@@ -493,19 +510,21 @@ def test_an_unreachable_master_is_retried_with_backoff_then_fails_naming_the_mas
     assert not warehouse.exists()  # nothing started, nothing written
 
 
-class LateMaster:
-    """A master URL whose port is closed until `open()`, then forwards to the real master: a master
-    that comes up between two attempts. (Spark's driver only dials the URL to register; the master
-    answers from its own address.)"""
+class LateServer:
+    """A port that is closed until `open()`, then forwards to a server of the cluster: a server
+    that comes up between two attempts. (Spark's driver only dials the master's URL to register;
+    the master answers from its own address. A Connect client speaks gRPC over the one connection.)"""
 
-    def __init__(self, cluster: SparkCluster):
+    scheme = "spark"
+
+    def __init__(self, target_port: int):
         (self.port,) = free_ports(1)
-        self.target = ("127.0.0.1", cluster.master_port)
+        self.target = ("127.0.0.1", target_port)
         self.server: socket.socket | None = None
 
     @property
     def url(self) -> str:
-        return f"spark://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def open(self) -> None:
         self.server = socket.create_server(("127.0.0.1", self.port))
@@ -552,7 +571,7 @@ def test_a_master_back_between_attempts_and_a_lost_worker_are_retried_and_the_da
     landing.finish(D)  # _SUCCESS last: a file newer than it is a re-export being written
     warehouse = tmp_path / "spark-warehouse"
     timeout = 8  # the job gives up after this long without an executor
-    master = LateMaster(spark_cluster)  # closed until the first attempt has failed
+    master = LateServer(spark_cluster.master_port)  # closed until the first attempt has failed
     (tmp_path / "dagster_home").mkdir()
     # an instance on disk, so that a thread can read the run's events while the run goes on
     with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as instance:
@@ -597,6 +616,64 @@ def test_a_master_back_between_attempts_and_a_lost_worker_are_retried_and_the_da
     assert (rows, source_lines, run_ids) == (lines, lines, [result.run_id])
     assert rejects == [("rejects.csv", 2), ("rejects.csv", 3)]
     assert spark_cluster.alive_workers() == 1
+
+
+def test_over_connect_a_server_back_between_attempts_and_a_lost_worker_are_retried_and_the_day_loads_once(
+    spark_sql, landing, tmp_path
+):
+    """The same faults on the Connect path: the Connect server unreachable at the first attempt,
+    then the worker (the server's executors) lost while the ingest's jobs run there: the job's
+    watchdog (the application's REST API) interrupts them, the attempt is retried, the day loads once."""
+    cluster = spark_sql
+    lines = 8_000
+    write_day(landing.root, day_of(D), lines)
+    landing.write(D, "rejects.csv", csv_text(BAD_ROWS))
+    landing.finish(D)
+    warehouse = tmp_path / "spark-warehouse"
+    timeout = 8
+    server = LateServer(cluster.connect_port)
+    server.scheme = "sc"
+    (tmp_path / "dagster_home").mkdir()
+    with DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as instance:
+
+        def bring_up_the_server_then_lose_the_worker():
+            def retried():
+                runs = instance.get_runs(limit=1)
+                return runs and instance.all_logs(runs[0].run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+
+            wait_until(retried, "the first attempt to fail", timeout=120, interval=0.05)
+            server.open()
+            wait_until(cluster.connect_jobs, "the ingest's jobs to run on the Connect server", interval=0.1)
+            cluster.kill_worker()
+            try:
+                wait_until(lambda: not cluster.connect_jobs(), "the interrupted jobs to end", timeout=timeout + 120, interval=0.5)
+            finally:
+                cluster.start_worker()
+
+        try:
+            faults = in_background(bring_up_the_server_then_lose_the_worker)
+            result = ingest(
+                landing,
+                SparkWarehouse(
+                    master=cluster.master_url, remote=server.url, warehouse_dir=str(warehouse),
+                    executor_timeout_seconds=timeout,
+                ),
+                instance,
+            )
+            faults.result(timeout=300)
+        finally:
+            server.close()
+            cluster.start_worker()
+    assert result.success, failure_messages(result)
+    errors = retry_errors(result)
+    assert len(errors) >= 2, errors
+    assert all(f"The Spark Connect server {server.url} is unreachable" in e for e in errors[:-1]), errors
+    assert f"the Spark application had no executor for {timeout} s" in errors[-1], errors
+    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    assert (rows, source_lines, run_ids) == (lines, lines, [result.run_id])
+    assert rejects == [("rejects.csv", 2), ("rejects.csv", 3)]
+    assert cluster.alive_workers() == 1
+    assert [a.name for a in cluster.running_jobs()] == []  # no application of its own
 
 
 # ---------------------------------------------------------------------------------------------

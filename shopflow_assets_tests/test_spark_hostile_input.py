@@ -1,6 +1,6 @@
 """The hostile exports of test_hostile_input.py, all in one day, through both engines: the Spark
 ingest loads and rejects exactly what the DuckDB ingest does (rows, lines, reasons), on the real
-standalone cluster. One run per engine: the cases are files, and each file stands alone. Two big
+standalone cluster through its Spark Connect server. One run per engine: the cases are files, and each file stands alone. Two big
 files are read by Spark in several splits, one of them cut inside a record that holds a quoted
 newline: the line numbers are the physical ones all the same."""
 
@@ -36,7 +36,7 @@ def tables(warehouse) -> tuple[list[tuple], list[tuple]]:
     return rows, rejects
 
 
-def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path, spark_cluster):
+def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path, spark_sql):
     files = {}
     for n, case in enumerate(ACCEPTED_CASES.values()):
         files.update({f"case{n:02d} {name}": content for name, content in case.files.items()})
@@ -49,7 +49,8 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
     split_bytes = before_quote + 5  # a split ends inside the record's first line
     landing.export(DAY, files)
     spark = SparkWarehouse(
-        master=spark_cluster.master_url, warehouse_dir=str(tmp_path / "spark-warehouse"), max_split_bytes=split_bytes
+        master=spark_sql.master_url, remote=spark_sql.remote, warehouse_dir=str(tmp_path / "spark-warehouse"),
+        max_split_bytes=split_bytes,
     )
     engines = {"duckdb": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")), "spark": spark}
     got = {}

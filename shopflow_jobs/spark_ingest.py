@@ -1,10 +1,12 @@
 """The Spark ingest: days of order exports -> raw.orders and raw.orders_rejected, Parquet tables in
 the Spark warehouse, Hive-style partitioned by dt (docs/contract.md "Engines").
 
-A Spark application, launched by the code location with spark-submit through Dagster Pipes (see
-shopflow_assets/engines/spark.py); it imports nothing of Dagster but dagster_pipes. The driver reads
-only the files' header lines; the rows are read, checked and written by the executors, one task per
-file. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL, the
+A program launched by the code location through Dagster Pipes (see shopflow_assets/engines/spark.py);
+it imports nothing of Dagster but dagster_pipes. With a Spark Connect URL in its extras it is a
+client of the cluster's Connect server (plain Python: no JVM where it runs); without one it runs
+under spark-submit as a Spark application of its own. Either way it uses only what both kinds of
+session offer (no sparkContext, no JVM gateway). It reads only the files' header lines; the rows
+are read, checked and written by the executors, a big file in several tasks. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL, the
 same table the DuckDB ingest renders, so the two engines cannot drift apart.
 
 The flow for a set of days:
@@ -44,6 +46,7 @@ import ctypes
 import datetime as dt
 import gzip
 import io
+import json
 import os
 import re
 import signal
@@ -51,6 +54,7 @@ import stat
 import threading
 import time
 import traceback
+import urllib.request
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -194,19 +198,18 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     files = export_files(exports)
     headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
 
-    die_with_launcher()
-    spark = SparkSession.builder.appName(f"shopflow-ingest {days[0]}..{days[-1]}").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    application = {"id": spark.sparkContext.applicationId, "ui": spark.sparkContext.uiWebUrl}
+    spark = start_session(extras, f"shopflow-ingest {days[0]}..{days[-1]}")
+    application = application_of(spark)
     log.info(f"Spark {spark.version}, application {application['id']} (UI {application['ui']})")
     report({"application": application})
+    interrupt_on_signals(spark)
     check_spark_version(spark.version)
-    fs = HadoopFiles(spark, warehouse)
+    fs = WarehouseFiles(warehouse)
     stage = f"{warehouse}/{STAGING}/{run_id}"
     try:
         lease = fs.take_leases(days, run_id)  # first: from now on an older ingest of these days is fenced out
         fs.delete_leftovers(run_id, extras.get("finished_runs", []))
-        watchdog = ExecutorWatchdog(spark, extras.get("executor_timeout_seconds", 60))
+        watchdog = ExecutorWatchdog(spark, application, extras.get("executor_timeout_seconds", 60))
         watchdog.start()
         try:
             log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
@@ -251,6 +254,41 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     finally:
         fs.delete(stage)
         spark.stop()
+
+
+def start_session(extras: dict[str, Any], name: str) -> SparkSession:
+    """A session on the Connect server the extras name, else this application's own (spark-submit);
+    with the job's session settings either way."""
+    if extras.get("remote"):
+        spark = SparkSession.builder.remote(extras["remote"]).getOrCreate()
+    else:
+        die_with_launcher()
+        spark = SparkSession.builder.appName(name).getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+    for key, value in extras.get("session_conf", {}).items():
+        spark.conf.set(key, value)
+    return spark
+
+
+def application_of(spark: SparkSession) -> dict[str, str]:
+    """The Spark application that runs the work (the Connect server's, or this job's own) and the
+    address of its web UI, from the session's settings (what a Connect session can read)."""
+    conf = {key: spark.conf.get(key, None) for key in ("spark.app.id", "spark.driver.host", "spark.ui.port")}
+    ui = f"http://{conf['spark.driver.host']}:{conf['spark.ui.port'] or 4040}" if conf["spark.driver.host"] else None
+    return {"id": conf["spark.app.id"], "ui": ui}
+
+
+def interrupt_on_signals(spark: SparkSession) -> None:
+    """A cancelled run sends SIGINT (then SIGTERM): this session's running Spark work is
+    interrupted, so that the call waiting for it returns and the job ends, rather than a Connect
+    server finishing work nobody waits for."""
+
+    def interrupt(signum, _frame) -> None:
+        threading.Thread(target=spark.interruptAll, name="shopflow-interrupt", daemon=True).start()
+        raise KeyboardInterrupt(f"signal {signum}: the run was cancelled")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
 
 
 MINIMUM_SPARK = (4, 0)  # the rules' SQL (is_valid_utf8, make_valid_utf8) and the readers' options
@@ -494,22 +532,30 @@ def file_lines(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFr
 
 
 def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
-    """(line, value) of a file read by its exact path in Python, split at "\n" like Spark's reader.
-    The lines travel as bytes and become text by a cast, which keeps invalid UTF-8 as it is (the
-    rules then reject it as Spark's reader would)."""
+    """(line, value) of a file read by its exact path in Python on an executor, split at "\n" like
+    Spark's reader. The lines travel as bytes and become text by a cast, which keeps invalid UTF-8
+    as it is (the rules then reject it as Spark's reader would)."""
     path, gzipped, mark = f.path, f.gzip, f"{CORRUPT_FILE_MARK}{f.idx}"
 
-    def lines(_):
+    def lines(_batches):  # runs on the executor: only the standard library and pyarrow
+        import pyarrow as pa
+
+        schema = pa.schema([("line", pa.int64()), ("bytes", pa.binary())])
+        numbers, texts = [], []
         try:
             with open(path, "rb") as raw:
                 stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
                 for number, text in enumerate(stream, start=1):
-                    yield number, text[:-1] if text.endswith(b"\n") else text
+                    numbers.append(number)
+                    texts.append(text[:-1] if text.endswith(b"\n") else text)
+                    if len(numbers) == 10_000:
+                        yield pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], schema=schema)
+                        numbers, texts = [], []
         except (OSError, EOFError, zlib.error) as error:
             raise OSError(f"{mark}: {error}") from None
+        yield pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], schema=schema)
 
-    rdd = spark.sparkContext.parallelize([0], 1).flatMap(lines)
-    return spark.createDataFrame(rdd, "line BIGINT, bytes BINARY").select(
+    return spark.range(0, 1, 1, 1).mapInArrow(lines, "line BIGINT, bytes BINARY").select(
         "line", F.col("bytes").cast("string").alias("value")
     )
 
@@ -725,40 +771,45 @@ class Lease:
         return f"{self.tokens[day]:012d}.{self.run_id}.{self.nonce}"
 
 
-class HadoopFiles:
-    """The warehouse's file system through Hadoop's API: a local folder, HDFS or an object store."""
+class WarehouseFiles:
+    """The warehouse's folders, for what is not rows: leases, staging folders, renames. Through
+    fsspec, which reaches the storage the cluster writes to (a local folder, or HDFS and object
+    stores with their fsspec package installed); rows are read and written by Spark only."""
 
-    def __init__(self, spark: SparkSession, warehouse: str):
-        jvm = spark.sparkContext._jvm
-        self._Path = jvm.org.apache.hadoop.fs.Path
+    def __init__(self, warehouse: str):
+        import fsspec
+
         self.warehouse = warehouse
-        self.fs = self._Path(warehouse).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.fs, _ = fsspec.core.url_to_fs(warehouse)
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(self._Path(path))
+        return self.fs.exists(path)
 
     def delete(self, path: str) -> None:
-        self.fs.delete(self._Path(path), True)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     def names(self, folder: str) -> list[str]:
         """The names in a folder; none if there is no such folder."""
         try:
-            return sorted(status.getPath().getName() for status in self.fs.listStatus(self._Path(folder)))
-        except Exception as error:  # py4j's error wraps Java's FileNotFoundException
-            if "FileNotFoundException" in str(error):
-                return []
-            raise
+            return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(folder, detail=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def has_parquet(self, folder: str) -> bool:
         return any(name.endswith(".parquet") for name in self.names(folder))
 
+    def mkdirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
     def move(self, source: str, target: str) -> None:
-        """Rename `source` to `target`, which must not exist (Hadoop would move a folder into an
+        """Rename `source` to `target`, which must not exist (a folder would be moved into an
         existing one, not over it)."""
         if self.exists(target):
             raise OSError(f"could not move {source} to {target}: it exists")
-        self.fs.mkdirs(self._Path(target).getParent())
-        if not self.fs.rename(self._Path(source), self._Path(target)):
+        self.mkdirs(target.rstrip("/").rsplit("/", 1)[0])
+        self.fs.mv(source, target, recursive=True)
+        if not self.exists(target):
             raise OSError(f"could not move {source} to {target}")
 
     # --- leases ---------------------------------------------------------------------------------
@@ -772,7 +823,9 @@ class HadoopFiles:
         for day in days:
             holder = self.lease_holder(day)
             lease.tokens[day] = int(holder[:12]) + 1 if holder else 1
-            self.fs.create(self._Path(f"{self.warehouse}/{LEASES}/dt={day}/{lease.name(day)}"), False).close()
+            folder = f"{self.warehouse}/{LEASES}/dt={day}"
+            self.mkdirs(folder)
+            self.fs.touch(f"{folder}/{lease.name(day)}")
         self.check_leases(lease, days)  # two ingests that start together: the higher one goes on
         return lease
 
@@ -849,7 +902,7 @@ class HadoopFiles:
                         self.check_leases(lease, [day], published)
                         self.move(f"{stage}/{table}/dt={day}", live)
                     else:  # the day's rebuild is empty: it ends empty
-                        self.fs.mkdirs(self._Path(f"{self.warehouse}/{RAW_DB}/{table}"))
+                        self.mkdirs(f"{self.warehouse}/{RAW_DB}/{table}")
                 except BaseException:
                     if moved_aside and not self.exists(live):
                         self.move(aside, live)  # as it was
@@ -859,18 +912,22 @@ class HadoopFiles:
 
 
 class ExecutorWatchdog:
-    """Cancels the job when the application has had no executor for `timeout` seconds: a standalone
-    cluster that lost its workers would otherwise keep the job waiting for resources forever."""
+    """Interrupts the job when the application has had no executor for `timeout` seconds: a
+    standalone cluster that lost its workers would otherwise keep the job waiting for resources
+    forever. It asks the application's REST API (its web UI), which a Connect session reaches too."""
 
-    def __init__(self, spark: SparkSession, timeout: float):
-        self.sc = spark.sparkContext
+    def __init__(self, spark: SparkSession, application: dict[str, str | None], timeout: float):
+        self.spark = spark
+        self.url = f"{application['ui']}/api/v1/applications/{application['id']}/executors"
+        self.local = str(spark.conf.get("spark.master", "")).startswith("local")
         self.timeout = timeout
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="shopflow-executor-watch", daemon=True)
 
     def executors(self) -> int:
-        return self.sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
+        with urllib.request.urlopen(self.url, timeout=5) as response:
+            return sum(1 for e in json.load(response) if e.get("id") != "driver" and e.get("isActive", True))
 
     def _watch(self) -> None:
         without_since = time.monotonic()
@@ -878,15 +935,15 @@ class ExecutorWatchdog:
             try:
                 if self.executors() > 0:
                     without_since = time.monotonic()
-                elif time.monotonic() - without_since > self.timeout:
-                    self.lost = True
-                    self.sc.cancelAllJobs()
-                    return
-            except Exception:
-                return  # the context is stopping
+            except (OSError, ValueError):  # the UI does not answer (or is off): no news, which is
+                without_since = time.monotonic()  # not "no executor"
+            if time.monotonic() - without_since > self.timeout:
+                self.lost = True
+                self.spark.interruptAll()
+                return
 
     def start(self) -> None:
-        if not self.sc.master.startswith("local"):  # in local mode the driver is the executor
+        if not self.local and "None" not in self.url:  # in local mode the driver is the executor
             self._thread.start()
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ def warehouse_for(settings: Settings) -> Warehouse:
             master=settings.spark_master,
             warehouse_dir=str(settings.spark_warehouse),
             thrift=settings.spark_thrift,
+            remote=settings.spark_remote or "",
             max_rejected_share=settings.max_rejected_share,
         )
     return DuckDBWarehouse(

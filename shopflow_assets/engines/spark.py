@@ -1,7 +1,9 @@
-"""The Spark engine (`SHOPFLOW_ENGINE=spark`): the ingest is a Spark application launched through
-Dagster Pipes (spark-submit, client mode, against `SHOPFLOW_SPARK_MASTER`), the models run on
-dbt-spark through the cluster's Spark Thrift Server (`SHOPFLOW_SPARK_THRIFT`), and the tables are
-Parquet in `SHOPFLOW_SPARK_WAREHOUSE`, Hive-style partitioned by dt.
+"""The Spark engine (`SHOPFLOW_ENGINE=spark`): the ingest is a program launched through Dagster
+Pipes that runs its Spark work on the cluster's Spark Connect server (`SHOPFLOW_SPARK_REMOTE`; no
+JVM on this machine), or, without that setting, a Spark application of its own (spark-submit,
+client mode, against `SHOPFLOW_SPARK_MASTER`). The models run on dbt-spark through the cluster's
+Spark Thrift Server (`SHOPFLOW_SPARK_THRIFT`), and the tables are Parquet in
+`SHOPFLOW_SPARK_WAREHOUSE`, Hive-style partitioned by dt.
 
 The run worker only starts the application, waits, streams its log into the run and records what it
 reports; it never holds a row. Nothing here imports pyspark: the code location loads without it.
@@ -59,6 +61,10 @@ class SparkWarehouse(Warehouse):
         default="127.0.0.1:10000",
         description="host:port of the Spark Thrift Server that dbt runs through (SHOPFLOW_SPARK_THRIFT).",
     )
+    remote: str = Field(
+        default="",
+        description="Spark Connect URL the ingest runs on (SHOPFLOW_SPARK_REMOTE); empty: spark-submit to `master`.",
+    )
     cores_max: int = Field(default=2, description="spark.cores.max of each application.")
     executor_memory: str = Field(default="2g", description="spark.executor.memory of the ingest.")
     max_split_bytes: int = Field(
@@ -75,7 +81,10 @@ class SparkWarehouse(Warehouse):
         return "spark"
 
     def ingest(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> LoadSummary:
-        self.check_master_reachable()
+        if self.remote:
+            self.check_connect_reachable()
+        else:
+            self.check_master_reachable()
         days = [e.day for e in exports]
         extras = {
             "days": [
@@ -90,6 +99,8 @@ class SparkWarehouse(Warehouse):
                 for e in exports
             ],
             "warehouse": self.warehouse_dir,
+            "remote": self.remote,
+            "session_conf": self.session_conf(),
             "run_id": context.run.run_id,
             "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "executor_timeout_seconds": self.executor_timeout_seconds,
@@ -177,14 +188,34 @@ class SparkWarehouse(Warehouse):
             "SHOPFLOW_SPARK_MASTER. Retried."
         )
 
-    def spark_conf(self) -> dict[str, str]:
+    def check_connect_reachable(self, timeout_seconds: float = 5) -> None:
+        """A Spark Connect server that does not answer fails the step at once (transient, retried)
+        instead of after the client's own retries."""
+        address = urlsplit(self.remote)
+        try:
+            socket.create_connection((address.hostname, address.port or 15002), timeout_seconds).close()
+        except OSError as error:
+            raise SparkServerUnreachable(
+                f"The Spark Connect server {self.remote} is unreachable ({error}): start it "
+                "(scripts/spark-cluster start) or fix SHOPFLOW_SPARK_REMOTE. Retried."
+            ) from None
+
+    def session_conf(self) -> dict[str, str]:
+        """The ingest's session settings: the job sets them on its session (a Connect server's
+        session, or its own application's)."""
         return {
-            "spark.cores.max": str(self.cores_max),
-            "spark.executor.memory": self.executor_memory,
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             # A big file is read by several tasks (the job numbers each split's lines)
             "spark.sql.files.maxPartitionBytes": str(self.max_split_bytes),
+        }
+
+    def spark_conf(self) -> dict[str, str]:
+        """The settings of the ingest's own application (spark-submit)."""
+        return {
+            "spark.cores.max": str(self.cores_max),
+            "spark.executor.memory": self.executor_memory,
+            **self.session_conf(),
             "spark.sql.warehouse.dir": self.warehouse_dir,
             "spark.sql.catalogImplementation": "in-memory",  # the ingest writes paths, not the metastore
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
@@ -192,10 +223,12 @@ class SparkWarehouse(Warehouse):
         }
 
     def submit_command(self, days: list[dt.date]) -> list[str]:
-        # The driver ends with the process that started it: a run worker that is killed leaves no
-        # spark-submit behind to publish after a newer run (the job also watches, and the publish
-        # lease fences what survives).
+        # The job ends with the process that started it: a run worker that is killed leaves no
+        # job behind to publish after a newer run (the job also watches, and the publish lease
+        # fences what survives).
         tie = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        if self.remote:  # a Python program, a client of the Connect server: no JVM here
+            return [*tie, sys.executable, str(SPARK_INGEST_JOB)]
         command = [*tie, str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
         command += ["--name", f"shopflow-ingest {days[0]}..{days[-1]}"]
         for key, value in self.spark_conf().items():
@@ -206,6 +239,8 @@ class SparkWarehouse(Warehouse):
         """The driver runs this interpreter (it has pyspark and dagster-pipes) and finds
         shopflow_assets.contract.export, the rules it renders, on the path."""
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        if self.remote:
+            return {"PYTHONPATH": path}
         return {
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
