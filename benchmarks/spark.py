@@ -2,13 +2,15 @@
 CSV), laid out in 8 files and then in 1 file, on a local standalone cluster (one master, one
 worker, 2 cores), against bare Spark on the same files in the same run (spark-submit of `read.csv`
 with the schema -> Parquet); with --duckdb also the DuckDB engine. Target: raw/orders on Spark
-<= 2x bare Spark, for both layouts.
+<= 2x bare Spark, for both layouts. With --connect both go through the cluster's Spark Connect
+server instead (the bare job is a Connect session's read.csv -> Parquet; the ingest runs with
+SHOPFLOW_SPARK_REMOTE): no application starts, so the figures hold the work alone.
 
-    .venv/bin/python -m benchmarks.spark [--lines 20000000] [--files 8,1] [--master spark://host:7077] [--duckdb]
+    .venv/bin/python -m benchmarks.spark [--lines 20000000] [--files 8,1] [--master spark://host:7077] [--connect] [--duckdb]
 
-Without --master it starts a cluster with scripts/spark-cluster on free ports and stops it after.
-Both Spark figures include the application's start (spark-submit to exit, or step start to
-materialization); the bare job is run before and after ours and the best is taken.
+Without --master it starts a cluster with scripts/spark-cluster on the default ports and stops it
+after. Both Spark figures include the application's start under spark-submit (spark-submit to exit,
+or step start to materialization); the bare job is run before and after ours and the best is taken.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ raw_orders = raw_orders_asset(Settings.from_env({"SHOPFLOW_ENGINE": "spark"}))  
 
 DAY = dt.date(2024, 3, 1)
 
-BARE_JOB = """
+BARE_SCHEMA = (
+    "order_id STRING, line_number INT, customer_id STRING, product_id STRING, quantity INT, "
+    "unit_price DECIMAL(18,2), discount DECIMAL(18,2), status STRING, ordered_at TIMESTAMP, updated_at TIMESTAMP"
+)
+BARE_JOB = f"""
 import sys
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
-schema = ("order_id STRING, line_number INT, customer_id STRING, product_id STRING, quantity INT, "
-          "unit_price DECIMAL(18,2), discount DECIMAL(18,2), status STRING, ordered_at TIMESTAMP, "
-          "updated_at TIMESTAMP")
-spark.read.csv(sys.argv[2:], header=True, schema=schema).write.mode("overwrite").parquet(sys.argv[1])
+spark.read.csv(sys.argv[2:], header=True, schema={BARE_SCHEMA!r}).write.mode("overwrite").parquet(sys.argv[1])
 spark.stop()
 """
 
@@ -56,6 +59,19 @@ def bare_spark(master: str, files: list[Path], out: Path, conf: dict[str, str]) 
         command += ["--conf", f"{key}={value}"]
     started = time.perf_counter()
     subprocess.run([*command, str(job), str(out), *map(str, files)], check=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    return time.perf_counter() - started
+
+
+def bare_connect(remote: str, files: list[Path], out: Path) -> float:
+    from pyspark.sql import SparkSession
+
+    started = time.perf_counter()
+    spark = SparkSession.builder.remote(remote).create()
+    try:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+        spark.read.csv([str(f) for f in files], header=True, schema=BARE_SCHEMA).write.mode("overwrite").parquet(str(out))
+    finally:
+        spark.stop()
     return time.perf_counter() - started
 
 
@@ -74,28 +90,32 @@ def pipeline(landing: Path, warehouse) -> tuple[float, int]:
     return done - start, loaded
 
 
-def start_cluster(directory: Path) -> str:
+def start_cluster(directory: Path, connect: bool) -> str:
+    # the ingest alone has two cores, as the figures were taken: with --connect, the Connect
+    # server's two beside the Thrift server's one
+    sql = [] if connect else ["--without-sql"]
     out = subprocess.run(
-        # the ingest alone: no Thrift server holding a core; two cores, as the figures were taken
-        [str(REPO_ROOT / "scripts" / "spark-cluster"), "start", "--without-sql", "--dir", str(directory)],
-        check=True, capture_output=True, text=True, env={**os.environ, "SPARK_WORKER_CORES": "2"},
+        [str(REPO_ROOT / "scripts" / "spark-cluster"), "start", *sql, "--dir", str(directory)],
+        check=True, capture_output=True, text=True,
+        env={**os.environ, "SPARK_WORKER_CORES": "3" if connect else "2", "SHOPFLOW_SPARK_WAREHOUSE": str(directory / "warehouse")},
     ).stdout
     return out.strip().splitlines()[-1]
 
 
-def measure(root: Path, master: str, lines: int, files: int, duckdb_too: bool) -> dict:
+def measure(root: Path, master: str, remote: str, lines: int, files: int, duckdb_too: bool) -> dict:
     """One layout: the same lines in `files` files; bare Spark before and after ours."""
     started = time.perf_counter()
     paths = write_day(root / "landing", DAY, lines, files=files)
     size = sum(f.stat().st_size for f in paths)
     print(f"[{files} file(s)] wrote {lines:,} lines, {size / 1e9:.2f} GB, in {time.perf_counter() - started:.0f} s", flush=True)
-    spark = SparkWarehouse(master=master, warehouse_dir=str(root / "spark-warehouse"))
+    spark = SparkWarehouse(master=master, remote=remote, warehouse_dir=str(root / "spark-warehouse"))
     conf = {k: v for k, v in spark.spark_conf().items() if k != "spark.sql.files.maxPartitionBytes"}
-    bare = bare_spark(master, paths, root / "bare-1", conf)
+    bare_run = (lambda out: bare_connect(remote, paths, out)) if remote else (lambda out: bare_spark(master, paths, out, conf))
+    bare = bare_run(root / "bare-1")
     print(f"[{files} file(s)] bare Spark: {bare:.1f} s", flush=True)
     ours, loaded = pipeline(root / "landing", spark)
     print(f"[{files} file(s)] raw/orders on Spark: {ours:.1f} s ({loaded:,} rows)", flush=True)
-    bare_again = bare_spark(master, paths, root / "bare-2", conf)
+    bare_again = bare_run(root / "bare-2")
     print(f"[{files} file(s)] bare Spark again: {bare_again:.1f} s", flush=True)
     result = {"files": files, "size": size, "bare": (bare, bare_again), "ours": ours, "loaded": loaded}
     if duckdb_too:
@@ -110,6 +130,8 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20_000_000)
     parser.add_argument("--files", default="8,1", help="the layouts, comma-separated file counts (default 8,1)")
     parser.add_argument("--master", default=None, help="a running master; default: start a local cluster")
+    parser.add_argument("--connect", default=None, nargs="?", const="sc://127.0.0.1:15002",
+                        help="through the Spark Connect server (default sc://127.0.0.1:15002)")
     parser.add_argument("--duckdb", action="store_true", help="also the DuckDB engine on the same files")
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -117,15 +139,16 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(dir=REPO_ROOT / "data" if (REPO_ROOT / "data").is_dir() else None) as tmp:
         root = Path(tmp)
-        master = args.master or start_cluster(root / "cluster")
+        master = args.master or start_cluster(root / "cluster", bool(args.connect))
         try:
             for files in layouts:
-                results.append(measure(root / f"files-{files}", master, args.lines, files, args.duckdb))
+                results.append(measure(root / f"files-{files}", master, args.connect or "", args.lines, files, args.duckdb))
                 shutil.rmtree(root / f"files-{files}")  # 2 GB of CSV and as much Parquet each
         finally:
             if not args.master:
                 subprocess.run([str(REPO_ROOT / "scripts" / "spark-cluster"), "stop", "--dir", str(root / "cluster")], check=False)
-    print(f"\n{args.lines:,} lines; bare Spark = spark-submit of read.csv(schema) -> Parquet, best of the runs before and after ours")
+    how = "a Connect session's" if args.connect else "spark-submit of"
+    print(f"\n{args.lines:,} lines; bare Spark = {how} read.csv(schema) -> Parquet, best of the runs before and after ours")
     print(f"{'files':>5}  {'CSV GB':>6}  {'bare Spark s':>12}  {'raw/orders s':>12}  {'ratio':>6}  target <= 2x")
     for r in results:
         baseline = min(r["bare"])

@@ -13,6 +13,7 @@ import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = REPO_ROOT / "shopflow_dbt"
@@ -58,7 +59,7 @@ class Settings:
             return value or default
 
         return cls(
-            landing_dir=_repo_path(get("SHOPFLOW_LANDING_DIR", "./data/landing")),
+            landing_dir=_local_folder("SHOPFLOW_LANDING_DIR", get("SHOPFLOW_LANDING_DIR", "./data/landing")),
             warehouse=_repo_path(get("SHOPFLOW_WAREHOUSE", "./data/shopflow.duckdb")),
             start_date=_parse_date("SHOPFLOW_START_DATE", get("SHOPFLOW_START_DATE", "2024-01-01")),
             sla_timezone=_parse_timezone(get("SHOPFLOW_SLA_TIMEZONE", "UTC")),
@@ -104,6 +105,20 @@ def _parse_git_url(value: str) -> str:
             "SHOPFLOW_GIT_URL=https://github.com/shopflow/shopflow-daily"
         )
     return value.rstrip("/")
+
+
+def _local_folder(name: str, value: str) -> Path:
+    """A local folder: a path, or a file:// URI. Other file systems are refused by name: the landing
+    zone is listed and its files checked where the Dagster processes run."""
+    parts = urlsplit(value)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return _repo_path(unquote(parts.path))
+    if "://" in value:
+        raise SettingsError(
+            f"{name}={value!r}: only a local folder (a path or a file:// URI) can be the landing zone; "
+            "mount the storage where the Dagster processes and the Spark executors see it"
+        )
+    return _repo_path(value)
 
 
 def _path_or_uri(value: str) -> str:

@@ -90,7 +90,7 @@ def folder_content(spark_dir: Path, day: str) -> dict[str, str]:
     return found
 
 
-def spark_warehouse(master: str, spark_dir: Path, thrift: str = "127.0.0.1:10000", remote: str = "") -> SparkWarehouse:
+def spark_warehouse(master: str, spark_dir: Path | str, thrift: str = "127.0.0.1:10000", remote: str = "") -> SparkWarehouse:
     return SparkWarehouse(master=master, warehouse_dir=str(spark_dir), thrift=thrift, remote=remote)
 
 

@@ -83,6 +83,10 @@ def test_settings_defaults_and_clear_errors():
     assert settings.spark_warehouse == str(REPO_ROOT / "data" / "spark-warehouse")
     assert settings.spark_thrift == "127.0.0.1:10000"
     assert Settings.from_env({"SHOPFLOW_SPARK_THRIFT": "spark-thrift.internal:10001"}).spark_thrift == "spark-thrift.internal:10001"
+    # the landing zone is a local folder, written as a path or a file:// URI
+    for landing in ("/data/landing", "file:///data/landing", "file://localhost/data/landing"):
+        assert Settings.from_env({"SHOPFLOW_LANDING_DIR": landing}).landing_dir.as_posix() == "/data/landing"
+    assert Settings.from_env({"SHOPFLOW_LANDING_DIR": "file:///data/with%20space"}).landing_dir.as_posix() == "/data/with space"
     # no Connect URL: the ingest is spark-submitted to SHOPFLOW_SPARK_MASTER
     assert settings.spark_remote is None
     for remote in ("sc://spark-connect.internal:15002", "sc://10.0.0.7", "sc://h:15003/"):
@@ -98,6 +102,10 @@ def test_settings_defaults_and_clear_errors():
         *(
             ({"SHOPFLOW_SPARK_THRIFT": value}, f"SHOPFLOW_SPARK_THRIFT={value!r} is not host:port")
             for value in ("thrift://h:10000", "h", "h:", ":10000", "h:0", "h:65536", "h :1", "-h:1", "h;x:1", "[::1]:10000")
+        ),
+        *(
+            ({"SHOPFLOW_LANDING_DIR": value}, f"SHOPFLOW_LANDING_DIR={value!r}: only a local folder")
+            for value in ("hdfs://nn:8020/landing", "s3a://bucket/landing", "file://otherhost/landing")
         ),
         # a token in the URL's parameters would show in the UI's settings; a path is no server
         *(

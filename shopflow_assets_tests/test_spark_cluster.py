@@ -87,8 +87,9 @@ def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_
 
 def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path):
     """The Thrift server (what dbt runs through) answers SQL with PyHive as dbt-spark connects; the
-    tables it creates are rows of the metastore in PostgreSQL, not of a Derby database; the engine's
-    pre-dbt check passes for its warehouse only, and says so when the server does not answer."""
+    tables it creates are rows of the metastore in PostgreSQL, not of a Derby database, and the
+    Connect server (what the ingest runs on) shares them both ways; the engine's pre-dbt check
+    passes for its warehouse only, and says so when the server does not answer."""
     from dagster import Failure
     from pyhive import hive
 
@@ -112,6 +113,23 @@ def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehous
         capture_output=True, text=True, check=True,
     ).stdout.split()
     assert "shopflow_cluster_test.probe" in tables
+    # the Connect server reads the same catalog, and what it catalogs the Thrift server sees
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(spark_sql.remote).create()
+    try:
+        assert spark.sql("SELECT sum(n) FROM shopflow_cluster_test.probe").collect()[0][0] == 6
+        spark.sql("CREATE TABLE IF NOT EXISTS shopflow_cluster_test.from_connect (n INT) USING parquet")
+        spark.sql("INSERT OVERWRITE shopflow_cluster_test.from_connect VALUES (7)")
+    finally:
+        spark.stop()
+    connection = hive.connect(host=host, port=int(port), auth="NONE")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT n FROM shopflow_cluster_test.from_connect")
+        assert cursor.fetchall() == [(7,)]
+    finally:
+        connection.close()
     assert (spark_sql.warehouse / "shopflow_cluster_test.db" / "probe").is_dir()
     assert not list(spark_sql.directory.rglob("derby.log")) and not list(spark_sql.directory.rglob("metastore_db"))
 

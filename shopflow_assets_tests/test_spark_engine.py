@@ -98,9 +98,10 @@ class Backfill:
 
     @property
     def spark(self):
+        env = self.spark_env
         return spark_warehouse(
-            self.spark_env["SHOPFLOW_SPARK_MASTER"], self.spark_dir, self.spark_env["SHOPFLOW_SPARK_THRIFT"],
-            self.spark_env["SHOPFLOW_SPARK_REMOTE"],
+            env["SHOPFLOW_SPARK_MASTER"], env["SHOPFLOW_SPARK_WAREHOUSE"], env["SHOPFLOW_SPARK_THRIFT"],
+            env["SHOPFLOW_SPARK_REMOTE"],
         )
 
     @property
@@ -131,7 +132,7 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
         DAGSTER_HOME=str(spark_home),
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
-        SHOPFLOW_SPARK_WAREHOUSE=str(spark_dir),
+        SHOPFLOW_SPARK_WAREHOUSE=spark_dir.as_uri(),  # a file:// URI (the daemon test uses the path)
         SHOPFLOW_SPARK_THRIFT=spark_sql.thrift,
         SHOPFLOW_SPARK_REMOTE=spark_sql.remote,
     )

@@ -179,10 +179,17 @@ def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_t
 # 3. the run worker SIGKILLed while its ingest runs
 
 
+@pytest.mark.parametrize("path", ["connect", "spark-submit"])
 def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is_published_later(
-    spark_cluster, landing, tmp_path
+    path, spark_cluster, request, landing, tmp_path
 ):
-    write_day(landing.root, day_of(D), 40_000)
+    """Under spark-submit the driver (JVM and job) ends with the run worker; over Connect the job's
+    process does, and the Connect server interrupts the Spark work it left (no client attached)."""
+    connect = path == "connect"
+    if connect:
+        request.getfixturevalue("spark_sql")
+    write_day(landing.root, day_of(D), 40_000 if not connect else 400_000)
+    lines = 40_000 if not connect else 400_000
     warehouse = tmp_path / "spark-warehouse"
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -196,6 +203,7 @@ def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(warehouse),
         SHOPFLOW_FAULT_TEST=mark,  # every process of this run carries it
+        **({"SHOPFLOW_SPARK_REMOTE": spark_cluster.remote} if connect else {}),
     )
     log = tmp_path / "materialize.log"
     with open(log, "w") as out:
@@ -207,19 +215,25 @@ def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is
     try:
         def working():
             assert worker.poll() is None, f"the run ended before the kill:\n{log.read_text()[-3000:]}"
+            if connect:
+                return spark_cluster.connect_jobs() and marked_drivers(mark)
             return running_ingest(spark_cluster) and marked_drivers(mark)
 
         wait_until(working, "the Spark ingest's tasks to run", interval=0.2)
         drivers = marked_drivers(mark)
         table = process_table()
-        jvm = next(pid for pid in drivers if "SparkSubmit" in table[pid][2])
-        launcher = table[jvm][0]
+        first = next(pid for pid in drivers if ("SparkSubmit" if not connect else "spark_ingest.py") in table[pid][2])
+        launcher = table[first][0]
         assert launcher != 1 and "dagster" in table[launcher][2], table[launcher]
-        os.kill(launcher, signal.SIGKILL)  # the process that started spark-submit
+        os.kill(launcher, signal.SIGKILL)  # the process that started the job
         killed = time.monotonic()
         wait_until(lambda: not marked_drivers(mark), "the orphaned driver to end", timeout=30, interval=0.2)
         print(f"\nthe driver ended {time.monotonic() - killed:.1f} s after its run worker was killed")
-        spark_cluster.wait_for_application(APP, states=("FINISHED", "KILLED", "FAILED"), timeout=60)
+        if connect:  # its jobs on the server, left with no client, are interrupted
+            wait_until(lambda: not spark_cluster.connect_jobs(), "the Connect server to drop its work", timeout=120, interval=1)
+            print(f"its Connect jobs ended {time.monotonic() - killed:.1f} s after")
+        else:
+            spark_cluster.wait_for_application(APP, states=("FINISHED", "KILLED", "FAILED"), timeout=60)
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -229,9 +243,9 @@ def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is
     assert published(warehouse)["files"] == []
 
     # a later run of the day publishes; nothing of the killed one comes after it
-    result = ingest(landing, spark_warehouse(spark_cluster, warehouse))
+    result = ingest(landing, spark_warehouse(spark_cluster, warehouse, remote=spark_cluster.remote if connect else ""))
     assert result.success, failure_messages(result)
     time.sleep(5)
     assert run_ids_of(warehouse) == [result.run_id]
     (rows, _, _), _ = loaded(warehouse)
-    assert rows == 40_000
+    assert rows == lines

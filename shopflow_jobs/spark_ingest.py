@@ -4,8 +4,8 @@ the Spark warehouse, Hive-style partitioned by dt (docs/contract.md "Engines").
 A program launched by the code location through Dagster Pipes (see shopflow_assets/engines/spark.py);
 it imports nothing of Dagster but dagster_pipes. With a Spark Connect URL in its extras it is a
 client of the cluster's Connect server (plain Python: no JVM where it runs); without one it runs
-under spark-submit as a Spark application of its own. Either way it uses only what both kinds of
-session offer (no sparkContext, no JVM gateway). It reads only the files' header lines; the rows
+under spark-submit as a Spark application of its own. Past the start of its session it uses
+only what both kinds of session offer (no sparkContext, no JVM gateway). It reads only the files' header lines; the rows
 are read, checked and written by the executors, a big file in several tasks. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL, the
 same table the DuckDB ingest renders, so the two engines cannot drift apart.
 
@@ -199,7 +199,7 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
 
     spark = start_session(extras, f"shopflow-ingest {days[0]}..{days[-1]}")
-    application = application_of(spark)
+    application = application_of(spark, bool(extras.get("remote")))
     log.info(f"Spark {spark.version}, application {application['id']} (UI {application['ui']})")
     report({"application": application})
     interrupt_on_signals(spark)
@@ -270,9 +270,13 @@ def start_session(extras: dict[str, Any], name: str) -> SparkSession:
     return spark
 
 
-def application_of(spark: SparkSession) -> dict[str, str]:
+def application_of(spark: SparkSession, remote: bool) -> dict[str, str | None]:
     """The Spark application that runs the work (the Connect server's, or this job's own) and the
-    address of its web UI, from the session's settings (what a Connect session can read)."""
+    address of its web UI: a Connect session reads them from the server's settings; an
+    application of its own asks its context (its UI may have taken a port after spark.ui.port)."""
+    if not remote:
+        context = spark.sparkContext
+        return {"id": context.applicationId, "ui": context.uiWebUrl}
     conf = {key: spark.conf.get(key, None) for key in ("spark.app.id", "spark.driver.host", "spark.ui.port")}
     ui = f"http://{conf['spark.driver.host']}:{conf['spark.ui.port'] or 4040}" if conf["spark.driver.host"] else None
     return {"id": conf["spark.app.id"], "ui": ui}
@@ -918,7 +922,8 @@ class ExecutorWatchdog:
 
     def __init__(self, spark: SparkSession, application: dict[str, str | None], timeout: float):
         self.spark = spark
-        self.url = f"{application['ui']}/api/v1/applications/{application['id']}/executors"
+        ui, app = application["ui"], application["id"]
+        self.url = f"{ui}/api/v1/applications/{app}/executors" if ui and app else None  # None: no UI to ask
         self.local = str(spark.conf.get("spark.master", "")).startswith("local")
         self.timeout = timeout
         self.lost = False
@@ -943,7 +948,7 @@ class ExecutorWatchdog:
                 return
 
     def start(self) -> None:
-        if not self.local and "None" not in self.url:  # in local mode the driver is the executor
+        if not self.local and self.url:  # in local mode the driver is the executor
             self._thread.start()
 
     def stop(self) -> None:

@@ -147,22 +147,21 @@ class SparkWarehouse(Warehouse):
             summary.engine_metadata = application_metadata(applications[-1])
         return summary
 
-    def local_warehouse(self) -> Path | None:
-        """The warehouse as a local path, or None where it is not one (hdfs://, s3a://, ...)."""
-        parts = urlsplit(self.warehouse_dir)
-        if parts.scheme == "file":
-            return Path(unquote(parts.path))
-        return Path(self.warehouse_dir) if parts.scheme == "" or len(parts.scheme) == 1 else None
+    def warehouse_files(self):
+        """(fsspec file system, the warehouse's path on it): metadata work on the warehouse (folder
+        names), whatever storage it is on. fsspec comes with the spark extra."""
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.warehouse_dir)
+        return fs, root.rstrip("/")
 
     def finished_runs_with_leftovers(self, context: AssetExecutionContext) -> list[str]:
         """The runs with a staging folder in the warehouse that Dagster reports finished: the job
         may clean those (and its own run's). A folder of a run still going, or one this instance
         does not know (another instance's), is left alone. Only folder names are read."""
-        warehouse = self.local_warehouse()
-        if warehouse is None:
-            return []  # no listing without Spark: only this run's own leftovers are cleaned
+        fs, root = self.warehouse_files()
         try:
-            names = [e.name for e in os.scandir(warehouse / "_staging") if e.is_dir(follow_symlinks=False)]
+            names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(f"{root}/_staging", detail=True) if e["type"] == "directory"]
         except (FileNotFoundError, NotADirectoryError):
             return []
         others = [n for n in names if n != context.run.run_id]
@@ -304,15 +303,22 @@ class SparkWarehouse(Warehouse):
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """DuckDB over the Parquet tables: a table with no file yet is not there (as in a new
-        DuckDB warehouse). Reads what is published; Spark is not needed to read it."""
+        DuckDB warehouse). Reads what is published; Spark is not needed to read it. A warehouse
+        that is not a local folder is read through its fsspec file system."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, root = self.warehouse_files()
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
+            if not isinstance(fs, LocalFileSystem):
+                con.register_filesystem(fs)
             con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS analytics")
             for table, folder in TABLES.items():
-                files = f"{self.warehouse_dir}/{folder}/dt=*/*.parquet"
-                if not any(Path(self.warehouse_dir, folder).glob("dt=*/*.parquet")):
+                pattern = f"{root}/{folder}/dt=*/*.parquet"
+                if not fs.glob(pattern):
                     continue
+                files = pattern if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(pattern)
                 con.execute(  # a view cannot take parameters: the path is a quoted literal
                     f"CREATE VIEW {table} AS SELECT dt, * EXCLUDE (dt) FROM read_parquet("
                     f"'{files.replace(chr(39), chr(39) * 2)}', hive_partitioning = true, "
