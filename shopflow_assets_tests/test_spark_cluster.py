@@ -85,7 +85,7 @@ def test_a_lost_worker_comes_back_and_stop_leaves_no_process(spark_cluster, tmp_
     assert spark_cluster.alive_workers() == 1
 
 
-def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path):
+def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehouse(spark_sql, tmp_path, monkeypatch):
     """The Thrift server (what dbt runs through) answers SQL with PyHive as dbt-spark connects; the
     tables it creates are rows of the metastore in PostgreSQL, not of a Derby database, and the
     Connect server (what the ingest runs on) shares them both ways; the engine's pre-dbt check
@@ -116,6 +116,9 @@ def test_the_thrift_server_keeps_its_catalog_in_postgres_and_serves_one_warehous
     # the Connect server reads the same catalog, and what it catalogs the Thrift server sees
     from pyspark.sql import SparkSession
 
+    # a Connect session marks its process's environment (SPARK_CONNECT_MODE_ENABLED) for good:
+    # monkeypatch takes the mark away again after the test
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
     spark = SparkSession.builder.remote(spark_sql.remote).create()
     try:
         assert spark.sql("SELECT sum(n) FROM shopflow_cluster_test.probe").collect()[0][0] == 6

@@ -676,6 +676,27 @@ def test_over_connect_a_server_back_between_attempts_and_a_lost_worker_are_retri
     assert [a.name for a in cluster.running_jobs()] == []  # no application of its own
 
 
+def test_a_connect_url_in_the_environment_leaves_spark_submit_an_application_of_its_own(
+    spark_cluster, landing, tmp_path, monkeypatch
+):
+    """Without SHOPFLOW_SPARK_REMOTE the ingest is spark-submitted, whatever the environment says:
+    Spark's own SPARK_REMOTE, or the mark a Connect session leaves in its process's environment
+    (SPARK_CONNECT_MODE_ENABLED, inherited by everything that process starts), would otherwise make
+    the job a Connect client of nothing."""
+    (port,) = free_ports(1)
+    monkeypatch.setenv("SPARK_REMOTE", f"sc://127.0.0.1:{port}")
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+    landing.export(D, {"orders.csv": csv_text([line("O1", day=D), line("O2", day=D)]), "rejects.csv": csv_text(BAD_ROWS)})
+    warehouse = tmp_path / "spark-warehouse"
+    before = {a.id for a in spark_cluster.applications()}
+
+    result = ingest(landing, spark_warehouse(spark_cluster, warehouse))
+
+    assert result.success, failure_messages(result)
+    assert loaded(warehouse) == ((2, 2, [result.run_id]), [("rejects.csv", 2), ("rejects.csv", 3)])
+    assert [a.name for a in spark_cluster.applications() if a.id not in before] == [APP]
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. a bad export
 

@@ -4,10 +4,11 @@ the Spark warehouse, Hive-style partitioned by dt (docs/contract.md "Engines").
 A program launched by the code location through Dagster Pipes (see shopflow_assets/engines/spark.py);
 it imports nothing of Dagster but dagster_pipes. With a Spark Connect URL in its extras it is a
 client of the cluster's Connect server (plain Python: no JVM where it runs); without one it runs
-under spark-submit as a Spark application of its own. Past the start of its session it uses
-only what both kinds of session offer (no sparkContext, no JVM gateway). It reads only the files' header lines; the rows
-are read, checked and written by the executors, a big file in several tasks. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL, the
-same table the DuckDB ingest renders, so the two engines cannot drift apart.
+under spark-submit as a Spark application of its own. Past the start of its session it uses only
+what both kinds of session offer (no sparkContext, no JVM gateway). It reads only the files'
+header lines; the rows are read, checked and written by the executors, a big file in several
+tasks. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL,
+the same table the DuckDB ingest renders, so the two engines cannot drift apart.
 
 The flow for a set of days:
 1. check every file's header on the driver (a missing or doubled required column fails before
@@ -544,8 +545,11 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     def lines(_batches):  # runs on the executor: only the standard library and pyarrow
         import pyarrow as pa
 
-        schema = pa.schema([("line", pa.int64()), ("bytes", pa.binary())])
         numbers, texts = [], []
+
+        def batch():
+            return pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], ["line", "bytes"])
+
         try:
             with open(path, "rb") as raw:
                 stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
@@ -553,11 +557,11 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
                     numbers.append(number)
                     texts.append(text[:-1] if text.endswith(b"\n") else text)
                     if len(numbers) == 10_000:
-                        yield pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], schema=schema)
+                        yield batch()
                         numbers, texts = [], []
         except (OSError, EOFError, zlib.error) as error:
             raise OSError(f"{mark}: {error}") from None
-        yield pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], schema=schema)
+        yield batch()
 
     return spark.range(0, 1, 1, 1).mapInArrow(lines, "line BIGINT, bytes BINARY").select(
         "line", F.col("bytes").cast("string").alias("value")

@@ -161,7 +161,11 @@ class SparkWarehouse(Warehouse):
         does not know (another instance's), is left alone. Only folder names are read."""
         fs, root = self.warehouse_files()
         try:
-            names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(f"{root}/_staging", detail=True) if e["type"] == "directory"]
+            names = [
+                e["name"].rstrip("/").rsplit("/", 1)[-1]
+                for e in fs.ls(f"{root}/_staging", detail=True)
+                if e["type"] == "directory" and not e.get("islink")  # a link is nobody's staging folder
+            ]
         except (FileNotFoundError, NotADirectoryError):
             return []
         others = [n for n in names if n != context.run.run_id]
@@ -228,7 +232,11 @@ class SparkWarehouse(Warehouse):
         tie = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         if self.remote:  # a Python program, a client of the Connect server: no JVM here
             return [*tie, sys.executable, str(SPARK_INGEST_JOB)]
-        command = [*tie, str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
+        # An application of its own: a Connect URL in the environment (SPARK_REMOTE, or the mark a
+        # Connect session leaves in its process's environment) would make spark-submit and
+        # pyspark a Connect client instead.
+        clean = ["env", "-u", "SPARK_REMOTE", "-u", "SPARK_CONNECT_MODE_ENABLED"]
+        command = [*tie, *clean, str(spark_home() / "bin" / "spark-submit"), "--master", self.master]
         command += ["--name", f"shopflow-ingest {days[0]}..{days[-1]}"]
         for key, value in self.spark_conf().items():
             command += ["--conf", f"{key}={value}"]
