@@ -49,6 +49,7 @@ class Settings:
     spark_warehouse: str  # a path, or a URI (file://, hdfs://, s3a://)
     spark_thrift: str  # host:port of the Spark Thrift Server dbt runs through
     spark_remote: str | None  # sc://host:port of the Spark Connect server the ingest runs on
+    spark_version_grace_minutes: float  # how long a day's retired version stays readable
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -81,6 +82,9 @@ class Settings:
             spark_warehouse=_path_or_uri(get("SHOPFLOW_SPARK_WAREHOUSE", "./data/spark-warehouse")),
             spark_thrift=_parse_host_port("SHOPFLOW_SPARK_THRIFT", get("SHOPFLOW_SPARK_THRIFT", "127.0.0.1:10000")),
             spark_remote=_parse_spark_remote(get("SHOPFLOW_SPARK_REMOTE", "")) or None,
+            spark_version_grace_minutes=_parse_number(
+                "SHOPFLOW_SPARK_VERSION_GRACE_MINUTES", get("SHOPFLOW_SPARK_VERSION_GRACE_MINUTES", "60"), float
+            ),
         )
 
     def __repr__(self) -> str:  # never print the Slack token or the Postgres password
@@ -131,7 +135,7 @@ def _parse_number(name: str, value: str, kind: type) -> int | float:
         number = kind(value)
     except ValueError:
         number = -1
-    if number < 0:
+    if not 0 <= number < float("inf"):  # nan and inf too
         raise SettingsError(f"{name}={value!r} is not a non-negative {kind.__name__}: e.g. {name}=2")
     return number
 

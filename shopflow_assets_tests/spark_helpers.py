@@ -80,6 +80,12 @@ def spark_folders(spark_dir: Path, day: str) -> dict[str, Path]:
     return {table: spark_dir / folder / f"dt={day}" for table, folder in SPARK_TABLES.items()}
 
 
+def live_locations(warehouse: SparkWarehouse, day: str) -> dict[str, str | None]:
+    """table -> where the catalog says day D of it is (None: the table has no such day)."""
+    with warehouse.thrift_catalog() as catalog:
+        return {table: catalog.location(table, day) for table in SPARK_TABLES}
+
+
 def folder_content(spark_dir: Path, day: str) -> dict[str, str]:
     """Every file of day D's folders of the four tables -> the sha256 of its bytes."""
     found = {}

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from dagster import (
@@ -54,6 +55,7 @@ from .spark_helpers import (
     row,
     rows_of,
     rule_names,
+    live_locations,
     spark_folders,
     spark_warehouse,
 )
@@ -203,10 +205,14 @@ def test_the_same_exports_give_the_same_tables_on_spark_and_duckdb(backfill, spa
     for e in run_events(backfill.spark_home, run.run_id, DagsterEventType.STEP_SUCCESS):
         print(f"  step {e.step_key}: {e.timestamp - started[e.step_key]:.0f} s")
 
-    # The layout outside checks read (a MUST): Parquet under <warehouse>/<db>.db/<table>/dt=D/.
+    # The layout (docs/contract.md): the catalog points each day at a version folder of it,
+    # <warehouse>/<db>.db/<table>/dt=D/v=<version>/, which holds its Parquet files.
     for day in DAYS:
-        for table, folder in spark_folders(backfill.spark_dir, day).items():
-            assert list(folder.glob("*.parquet")), f"no {folder.relative_to(backfill.spark_dir)}/*.parquet ({table})"
+        for table, location in live_locations(spark, day).items():
+            folder = spark_folders(backfill.spark_dir, day)[table]
+            assert location and urlsplit(location).path.rstrip("/").rsplit("/", 1)[0] == str(folder), (table, location)
+            assert urlsplit(location).path.rsplit("/", 1)[-1].startswith("v="), location
+            assert list(Path(urlsplit(location).path).glob("*.parquet")), f"no Parquet at {location} ({table})"
 
     # Same columns and types (money DECIMAL(18,2), timestamps in UTC) ...
     for table in TABLE_NAMES:
@@ -388,8 +394,7 @@ def test_unattended_a_re_export_that_empties_a_day_flows_through_spark_to_ready_
     ]
     assert rows_of(spark, "analytics.fact_sales", ["count(*)"], where) == [(0,)]
     assert rows_of(spark, "analytics.daily_revenue", ["count(*)"], where) == [(0,)]
-    for table, folder in spark_folders(backfill.spark_dir, day).items():
-        if table != "raw.orders_rejected":
-            assert not list(folder.glob("*.parquet")), f"{folder} still holds Parquet files"
+    gone = {table: location for table, location in live_locations(spark, day).items() if table != "raw.orders_rejected"}
+    assert gone == dict.fromkeys(gone), f"the catalog still has the emptied day: {gone}"
     assert {d: folder_content(backfill.spark_dir, d) for d in others} == untouched
     assert [d.isoformat() for (d,) in rows_of(spark, "analytics.daily_revenue", ["dt"])] == others

@@ -25,8 +25,10 @@ The flow for a set of days:
    SHOPFLOW_MAX_REJECTED_SHARE; write valid and rejected rows into a staging folder of this run;
 6. if every day's folder still holds the export that was listed, every day with rows has its
    staged rows, and every day's lease is still this ingest's: publish, per day and table, by moving
-   the old partition folder aside and the staged one in (a day whose rebuild is empty ends empty);
-   then delete what was moved aside.
+   the staged rows to a new version folder of the day and swapping the partition's location in the
+   catalog to it, one statement (a day whose rebuild is empty has its partition dropped); then
+   retire the versions that are no longer live and remove those retired a grace period ago
+   (shopflow_assets/contract/spark_layout.py).
 
 A file is read by its exact path (a name is never a pattern), with the compression its name says.
 
@@ -42,6 +44,7 @@ non-zero exit means the job died before it could say why).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import datetime as dt
@@ -60,7 +63,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Any
+from typing import Any, Iterator
 
 from dagster_pipes import open_dagster_pipes
 from pyspark import StorageLevel
@@ -78,7 +81,8 @@ from shopflow_assets.contract.export import (
     required_positions,
 )
 from shopflow_assets.contract.landing import scan_day
-from shopflow_assets.contract.raw_schema import column_names
+from shopflow_assets.contract.raw_schema import column_names, spark_columns
+from shopflow_assets.contract.spark_layout import Catalog, sql_string, thrift_sql, tidy_day, version_folder
 
 RAW_DB = "raw.db"
 STAGING = "_staging"
@@ -205,7 +209,7 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     report({"application": application})
     interrupt_on_signals(spark)
     check_spark_version(spark.version)
-    fs = WarehouseFiles(warehouse)
+    fs = WarehouseFiles(warehouse, grace_seconds=float(extras.get("version_grace_seconds", 3600)))
     stage = f"{warehouse}/{STAGING}/{run_id}"
     try:
         lease = fs.take_leases(days, run_id)  # first: from now on an older ingest of these days is fenced out
@@ -241,7 +245,9 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
             watchdog.check()
             summary = day_summary(days, files, counts)
             check_unchanged(exports)
-            fs.publish(stage, summary, lease)
+            with catalog_of(spark, extras) as catalog:
+                create_raw_tables(catalog, warehouse)
+                fs.publish(stage, summary, lease, catalog)
             log.info(
                 f"Published {days[0]}..{days[-1]}: {sum(d['rows_loaded'] for d in summary.values())} rows "
                 f"loaded, {sum(d['rows_rejected'] for d in summary.values())} rejected"
@@ -269,6 +275,30 @@ def start_session(extras: dict[str, Any], name: str) -> SparkSession:
     for key, value in extras.get("session_conf", {}).items():
         spark.conf.set(key, value)
     return spark
+
+
+@contextlib.contextmanager
+def catalog_of(spark: SparkSession, extras: dict[str, Any]) -> Iterator[Catalog]:
+    """The shared catalog (the metastore), where days are published: through the Connect
+    session, or, for an application of its own (whose catalog is in-memory), through the
+    cluster's Thrift server."""
+    if extras.get("remote"):
+        yield Catalog(lambda statement: [tuple(row) for row in spark.sql(statement).collect()])
+    else:
+        with thrift_sql(extras["thrift"]) as run:
+            yield Catalog(run)
+
+
+def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
+    """The raw tables are the ingest's: external (dropping a partition or the table never deletes
+    a version a reader may still be reading), over <warehouse>/raw.db/<table>."""
+    catalog.run("CREATE DATABASE IF NOT EXISTS raw")
+    for table in TABLES:
+        location = sql_string(f"{warehouse}/{RAW_DB}/{table}")
+        catalog.run(
+            f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
+            f"USING parquet PARTITIONED BY (dt) LOCATION {location}"
+        )
 
 
 def application_of(spark: SparkSession, remote: bool) -> dict[str, str | None]:
@@ -784,11 +814,12 @@ class WarehouseFiles:
     fsspec, which reaches the storage the cluster writes to (a local folder, or HDFS and object
     stores with their fsspec package installed); rows are read and written by Spark only."""
 
-    def __init__(self, warehouse: str):
+    def __init__(self, warehouse: str, grace_seconds: float = 3600):
         import fsspec
 
         self.warehouse = warehouse
         self.fs, _ = fsspec.core.url_to_fs(warehouse)
+        self.grace_seconds = grace_seconds
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
@@ -862,26 +893,20 @@ class WarehouseFiles:
 
     def delete_leftovers(self, run_id: str, finished_runs: list[str]) -> None:
         """The staging folders of this run (an earlier attempt) and of the runs Dagster reports
-        finished; a running ingest's folder is never touched. A run killed between a publish's two
-        renames left a day's partition moved aside and none in its place: that one goes back first."""
-        staging = f"{self.warehouse}/{STAGING}"
+        finished; a running ingest's folder is never touched."""
         for run in [run_id, *finished_runs]:
             if "/" in run or run in ("", ".", ".."):
                 continue
-            folder = f"{staging}/{run}"
-            for table in TABLES:
-                for day in self.names(f"{folder}/replaced/{table}"):
-                    live = f"{self.warehouse}/{RAW_DB}/{table}/{day}"
-                    if day.startswith("dt=") and not self.exists(live):
-                        self.move(f"{folder}/replaced/{table}/{day}", live)
-            self.delete(folder)
+            self.delete(f"{self.warehouse}/{STAGING}/{run}")
 
-    def publish(self, stage: str, summary: dict[str, dict[str, Any]], lease: Lease) -> None:
-        """Each day's partition of each table swapped for the staged one: a reader sees the old day,
-        then (for the moment between two renames) no day, then the new day; never half a day.
+    def publish(self, stage: str, summary: dict[str, dict[str, Any]], lease: Lease, catalog: Catalog) -> None:
+        """Each day of each table becomes its staged rows: moved to a new version folder of the day
+        (no reader looks there yet), then the partition's location swapped to it in one catalog
+        statement; a day whose rebuild is empty has its partition dropped. A reader through the
+        catalog sees the old day, then the new one: never no day, never half a day.
 
-        Nothing is renamed unless every day that has rows has them staged and every day's lease is
-        still this ingest's; the lease is checked again right before each rename."""
+        Nothing is published unless every day that has rows has them staged and every day's lease
+        is still this ingest's; the lease is checked again right before each swap."""
         days = list(summary)
         missing = [
             f"{table} of {day}"
@@ -899,22 +924,18 @@ class WarehouseFiles:
         for day in days:
             for table in TABLES:
                 rows = summary[day]["rows_loaded" if table == "orders" else "rows_rejected"]
-                live = f"{self.warehouse}/{RAW_DB}/{table}/dt={day}"
-                aside = f"{stage}/replaced/{table}/dt={day}"
+                table_folder = f"{self.warehouse}/{RAW_DB}/{table}"
                 self.check_leases(lease, [day], published)
-                moved_aside = self.exists(live)
-                if moved_aside:
-                    self.move(live, aside)
-                try:
-                    if rows > 0:
-                        self.check_leases(lease, [day], published)
-                        self.move(f"{stage}/{table}/dt={day}", live)
-                    else:  # the day's rebuild is empty: it ends empty
-                        self.mkdirs(f"{self.warehouse}/{RAW_DB}/{table}")
-                except BaseException:
-                    if moved_aside and not self.exists(live):
-                        self.move(aside, live)  # as it was
-                    raise
+                if rows > 0:
+                    version = version_folder(table_folder, day, lease.name(day))
+                    self.move(f"{stage}/{table}/dt={day}", version)
+                    self.check_leases(lease, [day], published)
+                    catalog.publish(f"raw.{table}", day, version)
+                    live = version.rsplit("/", 1)[-1]
+                else:  # the day's rebuild is empty: it ends empty
+                    catalog.drop(f"raw.{table}", day)
+                    live = None
+                tidy_day(self.fs, f"{table_folder}/dt={day}", live, self.grace_seconds)
             published.append(day)
             self.drop_older_leases(lease, day)
 

@@ -15,6 +15,7 @@ def warehouse_for(settings: Settings) -> Warehouse:
             warehouse_dir=str(settings.spark_warehouse),
             thrift=settings.spark_thrift,
             remote=settings.spark_remote or "",
+            version_grace_minutes=settings.spark_version_grace_minutes,
             max_rejected_share=settings.max_rejected_share,
         )
     return DuckDBWarehouse(

@@ -112,6 +112,9 @@ class Warehouse(ConfigurableResource):
     def check_dbt_target(self) -> None:
         """Before dbt runs: raise if the dbt target cannot work (unreachable, another warehouse)."""
 
+    def after_dbt_build(self, models: Sequence[str], days: Sequence[dt.date]) -> None:
+        """After dbt built these models' days: the engine's housekeeping (none by default)."""
+
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only DuckDB connection where raw.orders, raw.orders_rejected,

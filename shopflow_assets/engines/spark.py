@@ -31,6 +31,7 @@ from pydantic import Field
 from shopflow_assets.engines.base import LoadSummary, Warehouse
 from shopflow_assets.contract.export import BadExportError, ExportChangedError
 from shopflow_assets.contract.landing import DayExport
+from shopflow_assets.contract.spark_layout import Catalog, live_version, thrift_sql, tidy_day
 from shopflow_assets.settings import REPO_ROOT
 
 SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
@@ -75,6 +76,11 @@ class SparkWarehouse(Warehouse):
         default=60,
         description="The ingest gives up (transient, retried) after this long without an executor.",
     )
+    version_grace_minutes: float = Field(
+        default=60,
+        description="A day's version that stopped being live is removed this long after "
+        "(SHOPFLOW_SPARK_VERSION_GRACE_MINUTES): longer than any query through the catalog takes.",
+    )
 
     @property
     def engine(self) -> str:
@@ -100,6 +106,8 @@ class SparkWarehouse(Warehouse):
             ],
             "warehouse": self.warehouse_dir,
             "remote": self.remote,
+            "thrift": self.thrift,
+            "version_grace_seconds": self.version_grace_minutes * 60,
             "session_conf": self.session_conf(),
             "run_id": context.run.run_id,
             "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -262,42 +270,20 @@ class SparkWarehouse(Warehouse):
         """The Thrift server answers, and its warehouse is this one, and so are the locations of
         the databases it catalogs: dbt would otherwise build the marts (and read raw/orders)
         somewhere the ingest and the readers never look."""
-        from pyhive import hive  # the client only: dbt-spark's thrift method needs it anyway
-        import thrift_sasl
-        from thrift.transport import TSocket
         from thrift.transport.TTransport import TTransportException
 
-        host, port = self.thrift.rsplit(":", 1)
-        sock = TSocket.TSocket(host, int(port))
-        sock.setTimeout(timeout_seconds * 1000)  # a server that accepts and never answers
-        transport = thrift_sasl.TSaslClientTransport(
-            lambda: hive.get_installed_sasl(host=host, sasl_auth="PLAIN", username="shopflow", password="x"),
-            "PLAIN",
-            sock,
-        )
         try:
-            connection = hive.connect(thrift_transport=transport)
+            with self.thrift_catalog(timeout_seconds) as catalog:
+                locations = {"the warehouse": str(catalog.run("SET spark.sql.warehouse.dir")[0][1])}
+                for (database,) in catalog.run("SHOW DATABASES"):
+                    if database in ("raw", "analytics"):
+                        described = {str(k).strip(): str(v) for k, v in catalog.run(f"DESCRIBE DATABASE {database}")}
+                        locations[f"database {database}"] = described.get("Location", "").rsplit("/", 1)[0]
         except (TTransportException, OSError) as error:
             raise SparkServerUnreachable(
                 f"The Spark Thrift Server at {self.thrift} does not answer ({first_line(error)}): start "
                 "it (scripts/spark-cluster start) or fix SHOPFLOW_SPARK_THRIFT. Retried."
             ) from None
-        try:
-            cursor = connection.cursor()
-            cursor.execute("SET spark.sql.warehouse.dir")
-            locations = {"the warehouse": str(cursor.fetchall()[0][1])}
-            cursor.execute("SHOW DATABASES")
-            for (database,) in cursor.fetchall():
-                if database in ("raw", "analytics"):
-                    cursor.execute(f"DESCRIBE DATABASE {database}")
-                    described = {str(k).strip(): str(v) for k, v in cursor.fetchall()}
-                    locations[f"database {database}"] = described.get("Location", "").rsplit("/", 1)[0]
-        except (TTransportException, OSError) as error:
-            raise SparkServerUnreachable(
-                f"The Spark Thrift Server at {self.thrift} stopped answering ({first_line(error)}). Retried."
-            ) from None
-        finally:
-            connection.close()
         elsewhere = {what: where for what, where in locations.items() if same_location(where) != same_location(self.warehouse_dir)}
         if elsewhere:
             found = ", ".join(f"{what} is {where}" for what, where in elsewhere.items())
@@ -309,32 +295,66 @@ class SparkWarehouse(Warehouse):
             )
 
     @contextlib.contextmanager
+    def thrift_catalog(self, timeout_seconds: float = 30) -> Iterator[Catalog]:
+        """The shared catalog through the cluster's Thrift server (PyHive: no JVM here)."""
+        with thrift_sql(self.thrift, timeout_seconds) as run:
+            yield Catalog(run)
+
+    def after_dbt_build(self, models: Sequence[str], days: Sequence[dt.date]) -> None:
+        """The marts' days that dbt re-published: retire their versions that are no longer live and
+        remove those retired a grace period ago (names only; the catalog says which is live)."""
+        fs, root = self.warehouse_files()
+        with self.thrift_catalog() as catalog:
+            for model in models:
+                table = f"analytics.{model}"
+                for day in map(str, days):
+                    live = live_version(catalog.location(table, day), day)
+                    tidy_day(fs, f"{root}/{TABLES[table]}/dt={day}", live, self.version_grace_minutes * 60)
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """DuckDB over the Parquet tables: a table with no file yet is not there (as in a new
-        DuckDB warehouse). Reads what is published; Spark is not needed to read it. A warehouse
-        that is not a local folder is read through its fsspec file system."""
+        """DuckDB over the live version of every day, as the catalog names it (through the Thrift
+        server): what a reader through the catalog sees, read without Spark. A table with no day
+        yet is not there (as in a new DuckDB warehouse). A warehouse that is not a local folder is
+        read through its fsspec file system."""
         from fsspec.implementations.local import LocalFileSystem
 
-        fs, root = self.warehouse_files()
+        fs, _ = self.warehouse_files()
+        local = isinstance(fs, LocalFileSystem)
+        with self.thrift_catalog() as catalog:
+            files = {table: self.live_files(fs, catalog, table) for table in TABLES}
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            if not isinstance(fs, LocalFileSystem):
+            if not local:
                 con.register_filesystem(fs)
             con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS analytics")
-            for table, folder in TABLES.items():
-                pattern = f"{root}/{folder}/dt=*/*.parquet"
-                if not fs.glob(pattern):
+            for table, paths in files.items():
+                if not paths:
                     continue
-                files = pattern if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(pattern)
-                con.execute(  # a view cannot take parameters: the path is a quoted literal
-                    f"CREATE VIEW {table} AS SELECT dt, * EXCLUDE (dt) FROM read_parquet("
-                    f"'{files.replace(chr(39), chr(39) * 2)}', hive_partitioning = true, "
-                    "hive_types = {'dt': DATE}, union_by_name = true)"
+                listed = ", ".join("'" + (p if local else fs.unstrip_protocol(p)).replace("'", "''") + "'" for p in paths)
+                con.execute(  # a view cannot take parameters: the paths are quoted literals
+                    f"CREATE VIEW {table} AS SELECT CAST(regexp_extract(filename, '/dt=([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}})/', 1) "
+                    f"AS DATE) AS dt, * EXCLUDE (filename) FROM read_parquet([{listed}], filename = true, hive_partitioning = false, "
+                    "union_by_name = true)"
                 )
             yield con
         finally:
             con.close()
+
+    def live_files(self, fs, catalog: Catalog, table: str) -> list[str]:
+        """The Parquet files of the live version of each day of a table (paths on `fs`)."""
+        if table.split(".")[0] not in {str(row[0]) for row in catalog.run("SHOW DATABASES")}:
+            return []
+        if table.split(".")[1] not in {str(row[1]) for row in catalog.run(f"SHOW TABLES IN {table.split('.')[0]}")}:
+            return []
+        import fsspec
+
+        files = []
+        for location in catalog.locations(table).values():
+            _, path = fsspec.core.url_to_fs(location)
+            files += sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
+        return files
 
 
 def application_metadata(application: dict) -> dict[str, Any]:

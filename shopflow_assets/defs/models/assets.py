@@ -225,8 +225,12 @@ def dbt_build(
             prune_invocation_targets(runs_dir)
     outputs = [e for e in events if isinstance(e, Output)]
     if outputs:
+        built = [e.output_name for e in outputs]
+        try:  # housekeeping: what is not removed now is removed after a later build
+            warehouse.after_dbt_build([m for m in built if m in FAILED_TEST_MODELS], days)
+        except Exception as error:  # noqa: BLE001
+            context.log.warning(f"Retired versions of the built days were not removed: {error}")
         try:
-            built = [e.output_name for e in outputs]
             stats = built_stats(warehouse, built, days, failed_tests_by_day(context, dbt, invocation, warehouse, days))
         except Exception as error:  # noqa: BLE001 - a failed build may have left a table missing
             if failure is None:

@@ -1,0 +1,151 @@
+"""How the Spark tables keep their days (docs/contract.md "Engines"): each day of a table is a
+version folder, `<table folder>/dt=D/v=<version>/`, and the catalog's partition `dt=D` points at the
+live one. A day is published by writing a new version, then swapping the partition's location in
+one `ALTER TABLE` statement: a reader through the catalog sees the old day or the new one, never
+neither and never a mix, on any file system (no rename of live data). A day whose rebuild is empty
+has its partition dropped, also one statement. A version that stopped being live is marked retired
+(`dt=D/_retired/v=<version>`, holding the time) and removed a grace period later, when no query
+that began before the swap is still reading it.
+
+Used by the Spark ingest (raw tables) and by the code location (marts, reads). Standard library
+at import; a Thrift connection imports PyHive when it is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Callable, Iterator
+
+VERSION = "v="  # a version folder's name: v=<version>, versions of a table sort by age
+RETIRED = "_retired"  # dt=D/_retired/v=<version>: when that version stopped being live (epoch seconds)
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+TABLE = re.compile(r"[a-z_]+\.[a-z_]+")
+
+SqlRunner = Callable[[str], list]  # a statement -> its rows (tuples)
+
+
+def sql_string(text: str) -> str:
+    """A Spark SQL string literal (backslash escapes, as Spark parses them by default)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def version_folder(table_folder: str, day: str, version: str) -> str:
+    return f"{table_folder.rstrip('/')}/dt={day}/{VERSION}{version}"
+
+
+class Catalog:
+    """The partitions of the tables, through a Spark SQL session (Connect or Thrift)."""
+
+    def __init__(self, run: SqlRunner):
+        self.run = run
+
+    @staticmethod
+    def spec(table: str, day: str) -> str:
+        if not TABLE.fullmatch(table) or not DAY.fullmatch(day):
+            raise ValueError(f"not a table and day: {table!r} {day!r}")
+        return f"{table} PARTITION (dt = '{day}')"
+
+    def days(self, table: str) -> list[str]:
+        return sorted(str(row[0]).split("=", 1)[1] for row in self.run(f"SHOW PARTITIONS {table}"))
+
+    def location(self, table: str, day: str) -> str | None:
+        """Where the live version of the day is, or None if the table has no such day."""
+        if not self.run(f"SHOW PARTITIONS {self.spec(table, day)}"):
+            return None
+        database, name = table.split(".")
+        rows = self.run(f"SHOW TABLE EXTENDED IN {database} LIKE '{name}' PARTITION (dt = '{day}')")
+        for line in str(rows[0][-1]).splitlines():
+            if line.startswith("Location: "):
+                return line[len("Location: ") :].strip()
+        raise RuntimeError(f"the catalog names no location for {table} {day}")
+
+    def locations(self, table: str) -> dict[str, str]:
+        return {day: location for day in self.days(table) if (location := self.location(table, day))}
+
+    def publish(self, table: str, day: str, location: str) -> None:
+        """The day becomes the version at `location`: one statement swaps a day that exists."""
+        self.run(f"ALTER TABLE {table} ADD IF NOT EXISTS PARTITION (dt = '{day}') LOCATION {sql_string(location)}")
+        self.run(f"ALTER TABLE {self.spec(table, day)} SET LOCATION {sql_string(location)}")
+
+    def drop(self, table: str, day: str) -> None:
+        """The day ends empty (the tables are external: its files stay until retired)."""
+        self.run(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (dt = '{day}')")
+
+
+def live_version(location: str | None, day: str) -> str | None:
+    """The version folder's name (v=...) a day's location names; None for no partition, "" for a
+    location that is not a version of the day (an older layout: then nothing of the day is tidied)."""
+    if location is None:
+        return None
+    parent, _, name = location.rstrip("/").rpartition("/")
+    return name if name.startswith(VERSION) and parent.endswith(f"/dt={day}") else ""
+
+
+def tidy_day(fs, day_folder: str, live: str | None, grace_seconds: float, now: float | None = None) -> list[str]:
+    """Retire what of a day's folder is not live and older than the live version (everything when
+    the day has no partition), then remove what was retired at least `grace_seconds` ago and is
+    still not live. `fs` is an fsspec file system; returns what was removed. A newer version that
+    is not live yet (a publish under way) is left alone while the day has a live version."""
+    if live == "":
+        return []
+    now = time.time() if now is None else now
+    try:
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(day_folder, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    marks = f"{day_folder}/{RETIRED}"
+    retired = {}
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in fs.ls(marks, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                retired[name] = float(fs.cat_file(entry).decode().strip())
+            except (ValueError, UnicodeDecodeError):
+                retired[name] = now  # unreadable: counts from now
+    for name in names:
+        if name in (RETIRED, live) or name in retired or (live and name.startswith(VERSION) and name > live):
+            continue
+        fs.makedirs(marks, exist_ok=True)
+        fs.pipe_file(f"{marks}/{name}", f"{now:.3f}".encode())
+        retired[name] = now
+    removed = []
+    for name, since in sorted(retired.items()):
+        if name == live or now - since < grace_seconds:
+            continue
+        if name in names:
+            fs.rm(f"{day_folder}/{name}", recursive=True)
+            removed.append(name)
+        fs.rm(f"{marks}/{name}")
+    return removed
+
+
+@contextlib.contextmanager
+def thrift_sql(hostport: str, timeout_seconds: float = 30) -> Iterator[SqlRunner]:
+    """Statements through a Spark Thrift Server (PyHive, plain SASL as the server's default
+    hive.server2.authentication NONE expects); raises OSError-like transport errors when it does
+    not answer within `timeout_seconds`."""
+    from pyhive import hive
+    import thrift_sasl
+    from thrift.transport import TSocket
+
+    host, port = hostport.rsplit(":", 1)
+    sock = TSocket.TSocket(host, int(port))
+    sock.setTimeout(timeout_seconds * 1000)  # a server that accepts and never answers
+    transport = thrift_sasl.TSaslClientTransport(
+        lambda: hive.get_installed_sasl(host=host, sasl_auth="PLAIN", username="shopflow", password="x"),
+        "PLAIN",
+        sock,
+    )
+    connection = hive.connect(thrift_transport=transport)
+    try:
+        cursor = connection.cursor()
+
+        def run(statement: str) -> list:
+            cursor.execute(statement)
+            return list(cursor.fetchall()) if cursor.description else []
+
+        yield run
+    finally:
+        connection.close()
