@@ -248,7 +248,7 @@ def saved_parse_lock(request, tmp_path_factory):
         yield
 
 
-SPARK_FIXTURES = {"spark_cluster", "spark_sql"}
+SPARK_FIXTURES = {"spark_cluster", "spark_sql", "fresh_catalog"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
@@ -300,3 +300,13 @@ def spark_sql(spark_cluster):
         return spark_cluster.start_sql()
     except SparkClusterError as error:
         pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def fresh_catalog(spark_sql):
+    """`spark_sql` whose shared catalog has none of the four tables (their files stay): for a
+    test that loads into a warehouse of its own, since the catalog's tables name one warehouse."""
+    from .spark_helpers import reset_catalog
+
+    reset_catalog(spark_sql.thrift)
+    return spark_sql

@@ -4,6 +4,7 @@ content (to prove that a day did or did not change)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import datetime as dt
@@ -13,8 +14,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
+from urllib.parse import urlsplit
 
+from shopflow_assets.contract.spark_layout import Catalog, thrift_sql
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse, Warehouse
 from shopflow_assets.engines.spark import TABLES as SPARK_TABLES
 from shopflow_assets.contract.export import MALFORMED_ROW, REJECT_REASONS, REQUIRED_COLUMNS
@@ -83,7 +86,31 @@ def spark_folders(spark_dir: Path, day: str) -> dict[str, Path]:
 def live_locations(warehouse: SparkWarehouse, day: str) -> dict[str, str | None]:
     """table -> where the catalog says day D of it is (None: the table has no such day)."""
     with warehouse.thrift_catalog() as catalog:
-        return {table: catalog.location(table, day) for table in SPARK_TABLES}
+        return {table: catalog.location(table, day) if catalog.exists(table) else None for table in SPARK_TABLES}
+
+
+@contextlib.contextmanager
+def catalog_at(thrift: str) -> Iterator[Catalog]:
+    """The cluster's shared catalog, through its Thrift server at host:port."""
+    with thrift_sql(thrift) as run:
+        yield Catalog(run)
+
+
+def live_folders(thrift: str, table: str) -> dict[str, Path]:
+    """day -> the folder of its live version, of a table in the catalog (none if no such table)."""
+    with catalog_at(thrift) as catalog:
+        if not catalog.exists(table):
+            return {}
+        return {day: Path(urlsplit(location).path) for day, location in catalog.locations(table).items()}
+
+
+def reset_catalog(thrift: str) -> None:
+    """The shared catalog without the four tables (their files stay): a test with a warehouse of
+    its own starts from an empty one."""
+    with catalog_at(thrift) as catalog:
+        for table in SPARK_TABLES:
+            if catalog.exists(table):
+                catalog.run(f"DROP TABLE {table}")
 
 
 def folder_content(spark_dir: Path, day: str) -> dict[str, str]:

@@ -87,6 +87,8 @@ def test_settings_defaults_and_clear_errors():
     for landing in ("/data/landing", "file:///data/landing", "file://localhost/data/landing"):
         assert Settings.from_env({"SHOPFLOW_LANDING_DIR": landing}).landing_dir.as_posix() == "/data/landing"
     assert Settings.from_env({"SHOPFLOW_LANDING_DIR": "file:///data/with%20space"}).landing_dir.as_posix() == "/data/with space"
+    assert settings.spark_version_grace_minutes == 60
+    assert Settings.from_env({"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES": "0"}).spark_version_grace_minutes == 0
     # no Connect URL: the ingest is spark-submitted to SHOPFLOW_SPARK_MASTER
     assert settings.spark_remote is None
     for remote in ("sc://spark-connect.internal:15002", "sc://10.0.0.7", "sc://h:15003/"):
@@ -106,6 +108,11 @@ def test_settings_defaults_and_clear_errors():
         *(
             ({"SHOPFLOW_LANDING_DIR": value}, f"SHOPFLOW_LANDING_DIR={value!r}: only a local folder")
             for value in ("hdfs://nn:8020/landing", "s3a://bucket/landing", "file://otherhost/landing")
+        ),
+        # a grace that is no time would remove a retired version at once, or never
+        *(
+            ({"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES": value}, f"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES={value!r} is not a non-negative float")
+            for value in ("nan", "inf", "-1", "1e400", "an hour")
         ),
         # a token in the URL's parameters would show in the UI's settings; a path is no server
         *(

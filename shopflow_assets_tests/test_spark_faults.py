@@ -34,8 +34,10 @@ from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import BIN, REPO_ROOT, TEST_SETTINGS, command_env, csv_text, day_of, failure_messages, line, raw_orders
 from .spark_cluster import SparkCluster, free_ports
+from .spark_helpers import catalog_at, live_folders
 
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+# a daemon, a subprocess, Spark, Postgres or a browser; loads into a warehouse of its own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_catalog")]
 
 D = "2024-03-01"
 OTHER = "2024-02-29"
@@ -50,7 +52,7 @@ BAD_ROWS = [line("X1", day=D, quantity="0"), line("X2", day=D, status="lost")]  
 
 
 def spark_warehouse(cluster: SparkCluster, directory: Path, **settings) -> SparkWarehouse:
-    return SparkWarehouse(master=cluster.master_url, warehouse_dir=str(directory), **settings)
+    return SparkWarehouse(master=cluster.master_url, thrift=cluster.thrift, warehouse_dir=str(directory), **settings)
 
 
 def ingest(landing, warehouse: SparkWarehouse, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
@@ -78,9 +80,9 @@ def retry_errors(result: ExecuteInProcessResult) -> list[str]:
     return texts
 
 
-def published(warehouse: Path) -> dict:
-    """What readers see: every file under raw.db (path, size, mtime) and every row of each table's
-    day folder, read by DuckDB from the Parquet (per folder: the days may come from different writers)."""
+def published(warehouse: Path, thrift: str) -> dict:
+    """What readers see: every file under raw.db (path, size, mtime) and every row of each day of
+    the two tables, read by DuckDB from the Parquet of the version the catalog names live."""
     raw = warehouse / "raw.db"
     files = (
         sorted((str(p.relative_to(raw)), p.stat().st_size, p.stat().st_mtime_ns) for p in raw.rglob("*") if p.is_file())
@@ -88,11 +90,11 @@ def published(warehouse: Path) -> dict:
         else []
     )
     rows = {}
-    for folder in sorted(raw.glob("*/dt=*")) if raw.exists() else []:
-        if any(folder.glob("*.parquet")):
+    for table in TABLES:
+        for day, folder in live_folders(thrift, f"raw.{table}").items():
             with duckdb.connect() as con:
                 con.execute("SET TimeZone = 'UTC'")
-                rows[f"{folder.parent.name}/{folder.name}"] = sorted(
+                rows[f"{table}/dt={day}"] = sorted(
                     con.execute(f"SELECT * FROM read_parquet('{folder}/*.parquet')").fetchall(), key=repr
                 )
     return {"files": files, "rows": rows}
@@ -104,26 +106,27 @@ def day_view(snapshot: dict, table: str, day: str) -> tuple[list, list]:
     return [f for f in snapshot["files"] if f[0].startswith(prefix)], snapshot["rows"].get(f"{table}/dt={day}", [])
 
 
-def loaded(warehouse: Path, day: str = D) -> tuple:
-    """D in raw.orders: (rows, distinct source lines, the run ids), and its rejects' (file, line)."""
+def loaded(thrift: str, day: str = D) -> tuple:
+    """D in raw.orders as the catalog has it: (rows, distinct source lines, the run ids), and its
+    rejects' (file, line)."""
+    orders, rejected = (live_folders(thrift, f"raw.{table}").get(day) for table in TABLES)
     with duckdb.connect() as con:
         orders = con.execute(
             f"SELECT count(*), count(DISTINCT (_source_file, _source_line)), list(DISTINCT _run_id) "
-            f"FROM read_parquet('{warehouse}/raw.db/orders/dt={day}/*.parquet')"
+            f"FROM read_parquet('{orders}/*.parquet')"
         ).fetchone()
-        rejected = warehouse / "raw.db" / "orders_rejected" / f"dt={day}"
-        rejects = (  # a day without rejects has no folder
+        rejects = (  # a day without rejects has no partition
             con.execute(f"SELECT _source_file, _source_line FROM read_parquet('{rejected}/*.parquet') ORDER BY ALL").fetchall()
-            if any(rejected.glob("*.parquet"))
+            if rejected
             else []
         )
     return orders, rejects
 
 
-def publish_earlier(warehouse: Path, day: str, rows: int, run_id: str) -> None:
-    """Day `day` as an earlier ingest published it: `rows` orders and one reject, Parquet in Spark's
-    layout. Written here by DuckDB (a Spark ingest costs tens of seconds): what the tests check is
-    what a fault does to these files, whoever wrote them."""
+def publish_earlier(warehouse: Path, thrift: str, day: str, rows: int, run_id: str) -> None:
+    """Day `day` as an earlier ingest published it: `rows` orders and one reject, Parquet in a
+    version folder of the day that the catalog names live. Written here by DuckDB (a Spark ingest
+    costs tens of seconds): what the tests check is what a fault does to the day, whoever wrote it."""
     raw = warehouse / "raw.db"
     tables = {
         "orders": f"""
@@ -139,12 +142,16 @@ def publish_earlier(warehouse: Path, day: str, rows: int, run_id: str) -> None:
                    'quantity must be an integer >= 1' AS reason, 'E-x' AS order_id, '0' AS quantity,
                    'E-x,...' AS _raw_line, TIMESTAMPTZ '{day} 13:00:00+00' AS _loaded_at, '{run_id}' AS _run_id""",
     }
-    with duckdb.connect() as con:
+    from shopflow_jobs.spark_ingest import create_raw_tables  # the job's own DDL (imports pyspark)
+
+    with duckdb.connect() as con, catalog_at(thrift) as catalog:
         con.execute("SET TimeZone = 'UTC'")
+        create_raw_tables(catalog, str(warehouse))
         for table, sql in tables.items():
-            folder = raw / table / f"dt={day}"
+            folder = raw / table / f"dt={day}" / "v=000000000000.earlier"
             folder.mkdir(parents=True)
             con.execute(f"COPY ({sql}) TO '{folder}/part-00000-earlier.c000.snappy.parquet' (FORMAT parquet)")
+            catalog.publish(f"raw.{table}", day, str(folder))
 
 
 def process_table() -> dict[int, tuple[int, str, str]]:
@@ -278,21 +285,22 @@ def failed_run(instance: DagsterInstance, landing, tmp_path: Path) -> str:
 
 def killed_mid_write(stack, spark_cluster, landing, tmp_path) -> None:
     warehouse = tmp_path / "spark-warehouse"
-    publish_earlier(warehouse, D, 1_000, "earlier-run-d")
-    publish_earlier(warehouse, OTHER, 500, "earlier-run-other")
-    before = published(warehouse)
-    # An earlier run of OTHER died between the two renames of its publish: OTHER's orders moved
-    # aside into that run's staging folder, the new ones staged but not moved in. Readers see no
-    # OTHER orders until the next ingest, of any day, puts the old ones back: an ingest cleans up
-    # after runs that Dagster reports finished (this one failed, in the same instance).
+    publish_earlier(warehouse, spark_cluster.thrift, D, 1_000, "earlier-run-d")
+    publish_earlier(warehouse, spark_cluster.thrift, OTHER, 500, "earlier-run-other")
+    # An earlier run of OTHER died between moving its rows to a new version of the day and
+    # swapping the catalog to it: a version no reader sees, and a half-written staging folder.
+    # Readers keep the old OTHER; an ingest cleans up the staging of runs that Dagster reports
+    # finished (this one failed, in the same instance).
     instance = stack.enter_context(DagsterInstance.ephemeral())
     dead_run = failed_run(instance, landing, tmp_path)
     dead = warehouse / "_staging" / dead_run
-    (dead / "replaced" / "orders").mkdir(parents=True)
-    (warehouse / "raw.db" / "orders" / f"dt={OTHER}").rename(dead / "replaced" / "orders" / f"dt={OTHER}")
     (dead / "orders" / f"dt={OTHER}").mkdir(parents=True)
     (dead / "orders" / f"dt={OTHER}" / "part-00000-half.c000.snappy.parquet").write_bytes(b"PAR1 not really")
-    assert day_view(published(warehouse), "orders", OTHER) == ([], [])
+    orphan = warehouse / "raw.db" / "orders" / f"dt={OTHER}" / f"v=000000000001.{dead_run}.0"
+    orphan.mkdir()
+    (orphan / "part-00000-orphan.c000.snappy.parquet").write_bytes(b"PAR1 not really")
+    before = published(warehouse, spark_cluster.thrift)
+    assert len(day_view(before, "orders", OTHER)[1]) == 500
 
     # D's export: 4 files of generated lines and one with two bad rows
     lines = 12_000
@@ -307,7 +315,7 @@ def killed_mid_write(stack, spark_cluster, landing, tmp_path) -> None:
         for pid in sorted(drivers, key=lambda p: drivers[p] != "python"):  # the Python driver, then the JVM
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not any(alive(pid) for pid in drivers), "the killed driver to be gone", timeout=30)
-        after = published(warehouse)
+        after = published(warehouse, spark_cluster.thrift)
         still_staged = staged_parquet(warehouse, dead_run)
         # the retry has not started cleaning up yet (its first act once its SparkSession is up):
         # `after` is what the killed attempt left
@@ -320,23 +328,19 @@ def killed_mid_write(stack, spark_cluster, landing, tmp_path) -> None:
     staged, after_kill = killer.result(timeout=60)
     print(f"\nkilled while staging held {len(staged)} Parquet file(s), e.g. {staged[0]}; run {time.monotonic() - started:.0f} s")
 
-    # what the kill left: D exactly as before (files and rows), nothing half-written; OTHER's orders
-    # back as they were (put back by the killed attempt when it started)
+    # what the kill left: D exactly as before (files and rows), nothing half-written
     for table in TABLES:
         assert day_view(after_kill, table, D) == day_view(before, table, D), f"{table} of {D} changed by the killed driver"
-        assert day_view(after_kill, table, OTHER) == day_view(before, table, OTHER), (
-            f"{table} of {OTHER}, moved aside by a run that died between the two renames, was not put back"
-        )
     assert after_kill == before
 
     # the retry loaded D once, its own rows only
     assert result.success, failure_messages(result)
     assert len(events(result, DagsterEventType.STEP_RESTARTED)) == 1, retry_errors(result)
     assert "ended without a verdict" in retry_errors(result)[0]
-    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    (rows, source_lines, run_ids), rejects = loaded(spark_cluster.thrift)
     assert (rows, source_lines, run_ids) == (lines, lines, [result.run_id])
     assert rejects == [("rejects.csv", 2), ("rejects.csv", 3)]
-    final = published(warehouse)
+    final = published(warehouse, spark_cluster.thrift)
     for table in TABLES:
         assert day_view(final, table, OTHER) == day_view(before, table, OTHER), f"{table} of {OTHER} changed"
     assert not (warehouse / "_staging").exists() or not any((warehouse / "_staging").iterdir())
@@ -374,6 +378,7 @@ def test_a_cancelled_run_leaves_no_spark_work_or_driver_running(path, spark_clus
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(warehouse),
+        SHOPFLOW_SPARK_THRIFT=spark_cluster.thrift,
         DAGSTER_HOME=str(home),
         SHOPFLOW_FAULT_TEST=mark,  # every process of this test's run carries it
         **({"SHOPFLOW_SPARK_REMOTE": spark_cluster.remote} if connect else {}),
@@ -470,7 +475,7 @@ def test_a_cancelled_run_leaves_no_spark_work_or_driver_running(path, spark_clus
                 assert [a.id for a in spark_cluster.applications() if a.name == APP and a.id >= apps[0].id] == [apps[0].id]
                 print(f"\ncancelled: application and driver gone {gone_after:.1f} s after terminate; app {ended.state}")
         # nothing of D was published
-        assert published(warehouse)["files"] == []
+        assert published(warehouse, spark_cluster.thrift)["files"] == []
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -600,7 +605,10 @@ def test_a_master_back_between_attempts_and_a_lost_worker_are_retried_and_the_da
             faults = in_background(bring_up_the_master_then_lose_the_worker)
             result = ingest(
                 landing,
-                SparkWarehouse(master=master.url, warehouse_dir=str(warehouse), executor_timeout_seconds=timeout),
+                SparkWarehouse(
+                    master=master.url, thrift=spark_cluster.thrift, warehouse_dir=str(warehouse),
+                    executor_timeout_seconds=timeout,
+                ),
                 instance,
             )
             faults.result(timeout=300)
@@ -614,7 +622,7 @@ def test_a_master_back_between_attempts_and_a_lost_worker_are_retried_and_the_da
     unreachable = [e for e in errors if f"The Spark master {master.url} is unreachable" in e]
     lost = [e for e in errors if f"the Spark application had no executor for {timeout} s" in e]
     assert unreachable and lost and errors == unreachable + lost, errors
-    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    (rows, source_lines, run_ids), rejects = loaded(spark_cluster.thrift)
     assert (rows, source_lines, run_ids) == (lines, lines, [result.run_id])
     assert rejects == [("rejects.csv", 2), ("rejects.csv", 3)]
     assert spark_cluster.alive_workers() == 1
@@ -657,8 +665,8 @@ def test_over_connect_a_server_back_between_attempts_and_a_lost_worker_are_retri
             result = ingest(
                 landing,
                 SparkWarehouse(
-                    master=cluster.master_url, remote=server.url, warehouse_dir=str(warehouse),
-                    executor_timeout_seconds=timeout,
+                    master=cluster.master_url, remote=server.url, thrift=cluster.thrift,
+                    warehouse_dir=str(warehouse), executor_timeout_seconds=timeout,
                 ),
                 instance,
             )
@@ -673,7 +681,7 @@ def test_over_connect_a_server_back_between_attempts_and_a_lost_worker_are_retri
     unreachable = [e for e in errors if f"The Spark Connect server {server.url} is unreachable" in e]
     lost = [e for e in errors if f"the Spark application had no executor for {timeout} s" in e]
     assert unreachable and lost and errors == unreachable + lost, errors
-    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    (rows, source_lines, run_ids), rejects = loaded(cluster.thrift)
     assert (rows, source_lines, run_ids) == (lines, lines, [result.run_id])
     assert rejects == [("rejects.csv", 2), ("rejects.csv", 3)]
     assert cluster.alive_workers() == 1
@@ -697,7 +705,7 @@ def test_a_connect_url_in_the_environment_leaves_spark_submit_an_application_of_
     result = ingest(landing, spark_warehouse(spark_cluster, warehouse))
 
     assert result.success, failure_messages(result)
-    assert loaded(warehouse) == ((2, 2, [result.run_id]), [("rejects.csv", 2), ("rejects.csv", 3)])
+    assert loaded(spark_cluster.thrift) == ((2, 2, [result.run_id]), [("rejects.csv", 2), ("rejects.csv", 3)])
     assert [a.name for a in spark_cluster.applications() if a.id not in before] == [APP]
 
 
@@ -707,8 +715,8 @@ def test_a_connect_url_in_the_environment_leaves_spark_submit_an_application_of_
 
 def test_a_file_missing_a_required_column_fails_once_naming_file_and_column(spark_cluster, landing, tmp_path):
     warehouse = tmp_path / "spark-warehouse"
-    publish_earlier(warehouse, D, 100, "earlier-run-d")
-    before = published(warehouse)
+    publish_earlier(warehouse, spark_cluster.thrift, D, 100, "earlier-run-d")
+    before = published(warehouse, spark_cluster.thrift)
     good = csv_text([line("O1", day=D)])
     columns = [c for c in good.splitlines()[0].split(",") if c != "customer_id"]
     landing.export(D, {"a.csv": good, "b.csv": csv_text([line("O2", day=D)], columns=columns)})
@@ -721,7 +729,7 @@ def test_a_file_missing_a_required_column_fails_once_naming_file_and_column(spar
     message = failure_messages(result)
     assert f"dt={D}/b.csv" in message and "'customer_id'" in message, message
     assert "a.csv" not in message
-    assert published(warehouse) == before  # nothing of D changed
+    assert published(warehouse, spark_cluster.thrift) == before  # nothing of D changed
     # the header check runs before the job's SparkSession: no application took the cluster
     assert {a.id for a in spark_cluster.applications()} == apps_before
 

@@ -23,7 +23,8 @@ ROW_COLUMNS = (
 )
 import pytest
 
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+# a daemon, a subprocess, Spark, Postgres or a browser; loads into a warehouse of its own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_catalog")]
 
 
 def tables(warehouse) -> tuple[list[tuple], list[tuple]]:
@@ -49,7 +50,7 @@ def test_spark_ingest_takes_hostile_exports_like_duckdb(landing, tmp_path: Path,
     split_bytes = before_quote + 5  # a split ends inside the record's first line
     landing.export(DAY, files)
     spark = SparkWarehouse(
-        master=spark_sql.master_url, remote=spark_sql.remote, warehouse_dir=str(tmp_path / "spark-warehouse"),
+        master=spark_sql.master_url, remote=spark_sql.remote, thrift=spark_sql.thrift, warehouse_dir=str(tmp_path / "spark-warehouse"),
         max_split_bytes=split_bytes,
     )
     engines = {"duckdb": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")), "spark": spark}

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -44,8 +45,10 @@ from .test_spark_faults import (
     spark_warehouse,
     wait_until,
 )
+from .spark_helpers import catalog_at, live_folders
 
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+# a daemon, a subprocess, Spark, Postgres or a browser; loads into a warehouse of its own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_catalog")]
 
 
 def staged_days(warehouse: Path, run_id: str, table: str = "orders") -> list[str]:
@@ -68,11 +71,11 @@ def staging_content(warehouse: Path, run_id: str) -> dict[str, int]:
     return found
 
 
-def run_ids_of(warehouse: Path, day: str = D) -> list[str]:
+def run_ids_of(thrift: str, day: str = D) -> list[str]:
+    """The runs whose rows day D of raw.orders holds, as the catalog has it."""
+    folder = live_folders(thrift, "raw.orders")[day]
     with duckdb.connect() as con:
-        return [r[0] for r in con.execute(
-            f"SELECT DISTINCT _run_id FROM read_parquet('{warehouse}/raw.db/orders/dt={day}/*.parquet') ORDER BY 1"
-        ).fetchall()]
+        return [r[0] for r in con.execute(f"SELECT DISTINCT _run_id FROM read_parquet('{folder}/*.parquet') ORDER BY 1").fetchall()]
 
 
 def half_rejected(rows: int) -> str:
@@ -107,17 +110,17 @@ def test_a_running_ingests_staging_survives_a_later_ingest_which_then_fences_it_
             os.kill(pid, signal.SIGSTOP)  # the first run goes on later, where it stopped
         try:
             assert sorted(drivers.values()) == ["jvm", "python"], drivers
-            assert not (warehouse / "raw.db" / "orders" / f"dt={D}").exists(), "the first ingest published before the stop"
+            assert D not in live_folders(spark_cluster.thrift, "raw.orders"), "the first ingest published before the stop"
             assert instance.get_run_by_id(first_id).status == DagsterRunStatus.STARTED
             staged_before = staging_content(warehouse, first_id)
 
             # a later ingest of the same day runs to the end meanwhile
             second = ingest(landing, spark_warehouse(spark_cluster, warehouse, **settings), instance)
             assert second.success, failure_messages(second)
-            assert run_ids_of(warehouse) == [second.run_id]
+            assert run_ids_of(spark_cluster.thrift) == [second.run_id]
             # it did not touch the staging of a run that Dagster reports still running
             assert staging_content(warehouse, first_id) == staged_before
-            after_second = published(warehouse)
+            after_second = published(warehouse, spark_cluster.thrift)
         finally:
             for pid in drivers:
                 os.kill(pid, signal.SIGCONT)
@@ -128,8 +131,8 @@ def test_a_running_ingests_staging_survives_a_later_ingest_which_then_fences_it_
     assert events(result, DagsterEventType.STEP_RESTARTED) == []  # a retry would fence the later one out
     message = failure_messages(result)
     assert f"A later ingest took over {D} (run {second.run_id})" in message, message
-    assert published(warehouse) == after_second
-    assert run_ids_of(warehouse) == [second.run_id]
+    assert published(warehouse, spark_cluster.thrift) == after_second
+    assert run_ids_of(spark_cluster.thrift) == [second.run_id]
     assert staging_content(warehouse, first_id) == {}  # its own leftovers, removed by itself
 
 
@@ -139,8 +142,8 @@ def test_a_running_ingests_staging_survives_a_later_ingest_which_then_fences_it_
 
 def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_the_day(spark_cluster, landing, tmp_path):
     warehouse = tmp_path / "spark-warehouse"
-    publish_earlier(warehouse, D, 1_000, "earlier-run-d")
-    before = published(warehouse)
+    publish_earlier(warehouse, spark_cluster.thrift, D, 1_000, "earlier-run-d")
+    before = published(warehouse, spark_cluster.thrift)
     lines = 12_000
     write_day(landing.root, day_of(D), lines)
     landing.write(D, "rejects.csv", csv_text(BAD_ROWS))
@@ -158,7 +161,7 @@ def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_t
                 "the attempt to fail",
                 interval=0.05,
             )
-            return published(warehouse)
+            return published(warehouse, spark_cluster.thrift)
 
         looker = in_background(remove_the_staged_day_then_look_at_the_retry)
         result = ingest(landing, spark_warehouse(spark_cluster, warehouse), instance)
@@ -170,7 +173,7 @@ def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_t
     assert errors and f"the staged rows of orders of {D} are missing at publish" in errors[0], errors
     # the retry loaded the day, once
     assert result.success, failure_messages(result)
-    (rows, source_lines, run_ids), rejects = loaded(warehouse)
+    (rows, source_lines, run_ids), rejects = loaded(spark_cluster.thrift)
     assert (rows, source_lines, run_ids) == (lines + 15_000, lines + 15_000, [result.run_id])
     assert ("rejects.csv", 2) in rejects and len(rejects) == 2 + 15_000
 
@@ -202,6 +205,7 @@ def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
         SHOPFLOW_SPARK_WAREHOUSE=str(warehouse),
+        SHOPFLOW_SPARK_THRIFT=spark_cluster.thrift,
         SHOPFLOW_FAULT_TEST=mark,  # every process of this run carries it
         **({"SHOPFLOW_SPARK_REMOTE": spark_cluster.remote} if connect else {}),
     )
@@ -240,12 +244,77 @@ def test_a_killed_run_worker_takes_its_spark_driver_along_and_nothing_it_read_is
         worker.wait()
         for pid in marked_drivers(mark):  # never leave a driver of this test on the shared cluster
             os.kill(pid, signal.SIGKILL)
-    assert published(warehouse)["files"] == []
+    assert published(warehouse, spark_cluster.thrift)["files"] == []
 
     # a later run of the day publishes; nothing of the killed one comes after it
     result = ingest(landing, spark_warehouse(spark_cluster, warehouse, remote=spark_cluster.remote if connect else ""))
     assert result.success, failure_messages(result)
     time.sleep(5)
-    assert run_ids_of(warehouse) == [result.run_id]
-    (rows, _, _), _ = loaded(warehouse)
+    assert run_ids_of(spark_cluster.thrift) == [result.run_id]
+    (rows, _, _), _ = loaded(spark_cluster.thrift)
     assert rows == lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. a day re-published while a reader polls it through the catalog
+
+
+def test_a_reader_through_the_catalog_never_sees_a_day_missing_or_mixed_while_it_is_republished(
+    spark_sql, landing, tmp_path
+):
+    """Day D re-published 20 times, from two exports in turn, while a reader queries it through the
+    Thrift server as fast as it answers: every answer is the whole of one export and of one run.
+    Then the versions: all kept for the grace period; with none, only the live one stays."""
+    exports = {
+        "A": csv_text([line(f"A-{i}", day=D) for i in range(3_000)]),
+        "B": csv_text([line(f"B-{i}", day=D) for i in range(2_000)]),
+    }
+    whole = {"A": (3_000, "A", "A", 1), "B": (2_000, "B", "B", 1)}
+    warehouse = tmp_path / "spark-warehouse"
+    connect = spark_warehouse(spark_sql, warehouse, remote=spark_sql.remote)
+    landing.export(D, {"orders.csv": exports["A"]})
+    assert ingest(landing, connect).success
+
+    answers, stop = [], threading.Event()
+
+    def read_until_stopped() -> None:
+        with catalog_at(spark_sql.thrift) as catalog:
+            while not stop.is_set():
+                (n, first, last, runs), = catalog.run(
+                    "SELECT count(*), min(order_id), max(order_id), count(DISTINCT _run_id) "
+                    f"FROM raw.orders WHERE dt = DATE'{D}'"
+                )
+                answers.append((n, first and first[0], last and last[0], runs))
+
+    reader = in_background(read_until_stopped)
+    published_runs = []
+    try:
+        for n in range(20):
+            export = "BA"[n % 2]
+            landing.export(D, {"orders.csv": exports[export]})
+            result = ingest(landing, connect)
+            assert result.success, failure_messages(result)
+            published_runs.append(result.run_id)
+            assert run_ids_of(spark_sql.thrift) == [result.run_id]
+    finally:
+        stop.set()
+    reader.result(timeout=60)
+
+    odd = [a for a in answers if a not in whole.values()]
+    assert not odd, f"{len(odd)} of {len(answers)} answers were not one whole export: {odd[:5]}"
+    assert answers.count(whole["A"]) >= 5 and answers.count(whole["B"]) >= 5, (len(answers), answers[:3])
+    changes = sum(1 for a, b in zip(answers, answers[1:]) if a != b)
+    print(f"\n{len(answers)} reads through the catalog, {changes} changes seen across 20 re-publications")
+    assert changes >= 10  # the reads spanned the swaps
+
+    # every version stays for the grace period (a query that began before a swap may read it) ...
+    day = warehouse / "raw.db" / "orders" / f"dt={D}"
+    versions = sorted(p.name for p in day.iterdir() if p.name.startswith("v="))
+    assert len(versions) == 21 and sorted(p.name for p in (day / "_retired").iterdir()) == versions[:-1]
+    # ... and with no grace, the next publish removes all but the live one
+    result = ingest(landing, spark_warehouse(spark_sql, warehouse, remote=spark_sql.remote, version_grace_minutes=0))
+    assert result.success, failure_messages(result)
+    (live,) = [p.name for p in day.iterdir() if p.name.startswith("v=")]
+    assert live_folders(spark_sql.thrift, "raw.orders")[D].name == live
+    assert list((day / "_retired").iterdir()) == []
+    assert loaded(spark_sql.thrift)[0] == (2_000, 2_000, [result.run_id])

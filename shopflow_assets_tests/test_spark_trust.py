@@ -28,9 +28,11 @@ from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse, Warehouse
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import Landing, csv_text, failure_messages, line, raw_orders
+from .spark_helpers import live_folders
 from .test_spark_faults import events, in_background, published, publish_earlier, running_ingest, wait_until
 
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+# a daemon, a subprocess, Spark, Postgres or a browser; loads into a warehouse of its own
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_catalog")]
 
 D1, D2 = "2024-03-01", "2024-03-02"
 ROW_COLUMNS = (
@@ -80,7 +82,7 @@ def day_metadata(result: ExecuteInProcessResult) -> dict[str, tuple[int, int, in
 def engines(spark_cluster, root: Path) -> dict[str, Warehouse]:
     return {
         "duckdb": DuckDBWarehouse(path=str(root / "w.duckdb")),
-        "spark": SparkWarehouse(master=spark_cluster.master_url, warehouse_dir=str(root / "spark-warehouse")),
+        "spark": SparkWarehouse(master=spark_cluster.master_url, thrift=spark_cluster.thrift, warehouse_dir=str(root / "spark-warehouse")),
     }
 
 
@@ -170,14 +172,14 @@ def test_a_link_out_of_the_landing_zone_fails_the_day_on_spark_naming_it_and_not
     outside.mkdir()
     (outside / "orders.csv").write_text(csv_text([line(SECRET, day=D1, customer_id=SECRET)]))
     warehouse_dir = tmp_path / "spark-warehouse"
-    publish_earlier(warehouse_dir, D1, 10, "earlier-run")
-    before = published(warehouse_dir)
+    publish_earlier(warehouse_dir, spark_cluster.thrift, D1, 10, "earlier-run")
+    before = published(warehouse_dir, spark_cluster.thrift)
     landing.write(D1, "good.csv", csv_text([line("G1", day=D1)]))
     os.symlink(outside / "orders.csv", landing.day_dir(D1) / "out.csv")
     landing.finish(D1)
     apps_before = {a.id for a in spark_cluster.applications()}
 
-    warehouse = SparkWarehouse(master=spark_cluster.master_url, warehouse_dir=str(warehouse_dir))
+    warehouse = SparkWarehouse(master=spark_cluster.master_url, thrift=spark_cluster.thrift, warehouse_dir=str(warehouse_dir))
     with DagsterInstance.ephemeral() as instance:
         result = run_raw_orders(landing, warehouse, [D1], instance)
         logs = instance.all_logs(result.run_id)
@@ -188,7 +190,7 @@ def test_a_link_out_of_the_landing_zone_fails_the_day_on_spark_naming_it_and_not
     assert f"dt={D1}/out.csv is a symbolic link out of the landing zone: not followed" in message, message
     # not a byte of the target: in no event of the run, no table, no file of the warehouse
     assert logs and not [e for e in logs if SECRET in serialize_value(e)]
-    assert published(warehouse_dir) == before
+    assert published(warehouse_dir, spark_cluster.thrift) == before
     for folder, _, names in os.walk(warehouse_dir):
         for name in names:
             assert SECRET.encode() not in Path(folder, name).read_bytes(), Path(folder, name)
@@ -211,8 +213,8 @@ def test_a_mostly_junk_file_is_refused_on_spark_before_anything_is_staged_and_a_
     )
     landing.export(D1, {"half.csv": half, "junk.csv": junk})
     warehouse_dir = tmp_path / "spark-warehouse"
-    publish_earlier(warehouse_dir, D1, 100, "earlier-run")
-    before = published(warehouse_dir)
+    publish_earlier(warehouse_dir, spark_cluster.thrift, D1, 100, "earlier-run")
+    before = published(warehouse_dir, spark_cluster.thrift)
     warehouses = engines(spark_cluster, tmp_path)
     refusal = f"dt={D1}/junk.csv: 100.0% of its 5000 data lines are not valid order lines, more than SHOPFLOW_MAX_REJECTED_SHARE=0.5 allows"
 
@@ -235,7 +237,7 @@ def test_a_mostly_junk_file_is_refused_on_spark_before_anything_is_staged_and_a_
     assert events(result, DagsterEventType.STEP_RESTARTED) == []  # permanent: one attempt
     message = failure_messages(result)
     assert refusal in message and "half.csv" not in message, message
-    assert published(warehouse_dir) == before  # nothing of the day changed
+    assert published(warehouse_dir, spark_cluster.thrift) == before  # nothing of the day changed
     assert watcher.result(timeout=30) == set(), "the refused day's rows were staged"
     # DuckDB refuses it in the same words
     with DagsterInstance.ephemeral() as instance:
@@ -270,7 +272,7 @@ def test_an_export_rewritten_while_spark_reads_it_is_read_again_and_never_publis
     old, new = export_version("OLD"), export_version("NEW")
     landing.export(D1, old)
     warehouse_dir = tmp_path / "spark-warehouse"
-    warehouse = SparkWarehouse(master=spark_cluster.master_url, warehouse_dir=str(warehouse_dir))
+    warehouse = SparkWarehouse(master=spark_cluster.master_url, thrift=spark_cluster.thrift, warehouse_dir=str(warehouse_dir))
     apps_before = {a.id for a in spark_cluster.applications()}
     app = f"shopflow-ingest {D1}..{D1}"
 
@@ -294,7 +296,8 @@ def test_an_export_rewritten_while_spark_reads_it_is_read_again_and_never_publis
     assert len(ingests) >= 2, ingests
     # the new export, complete, and nothing of the old
     with duckdb.connect() as con:
-        ids = [r[0] for r in con.execute(f"SELECT order_id FROM read_parquet('{warehouse_dir}/raw.db/orders/dt={D1}/*.parquet')").fetchall()]
+        live = live_folders(spark_cluster.thrift, "raw.orders")[D1]
+        ids = [r[0] for r in con.execute(f"SELECT order_id FROM read_parquet('{live}/*.parquet')").fetchall()]
     assert len(ids) == len(set(ids)) == 40_000
     assert all(i.startswith("NEW-") for i in ids), sorted(i for i in ids if not i.startswith("NEW-"))[:5]
     assert day_metadata(result) == {D1: (40_000, 0, 4)}

@@ -82,7 +82,7 @@ from shopflow_assets.contract.export import (
 )
 from shopflow_assets.contract.landing import scan_day
 from shopflow_assets.contract.raw_schema import column_names, spark_columns
-from shopflow_assets.contract.spark_layout import Catalog, sql_string, thrift_sql, tidy_day, version_folder
+from shopflow_assets.contract.spark_layout import Catalog, same_location, sql_string, thrift_sql, tidy_day, version_folder
 
 RAW_DB = "raw.db"
 STAGING = "_staging"
@@ -195,12 +195,8 @@ def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
 
 def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     warehouse = extras["warehouse"].rstrip("/")
-    run_id = extras["run_id"]
-    loaded_at = dt.datetime.fromisoformat(extras["loaded_at"])
-    max_share = float(extras.get("max_rejected_share", 0.5))
-    exports = extras["days"]
-    days = [d["day"] for d in exports]
-    files = export_files(exports)
+    days = [d["day"] for d in extras["days"]]
+    files = export_files(extras["days"])
     headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
 
     spark = start_session(extras, f"shopflow-ingest {days[0]}..{days[-1]}")
@@ -208,7 +204,24 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     log.info(f"Spark {spark.version}, application {application['id']} (UI {application['ui']})")
     report({"application": application})
     interrupt_on_signals(spark)
-    check_spark_version(spark.version)
+    try:
+        check_spark_version(spark.version)
+        with catalog_of(spark, extras) as catalog:
+            create_raw_tables(catalog, warehouse)  # before any work: the catalog is this warehouse's
+            return load_days(spark, catalog, extras, files, headers, application, log)
+    finally:
+        spark.stop()
+
+
+def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], files: list[ExportFile],
+              headers: dict[int, list[str]], application: dict[str, str | None], log) -> dict[str, Any]:
+    """Read, check and stage the days' rows on the cluster, then publish them (steps 2 to 6)."""
+    warehouse = extras["warehouse"].rstrip("/")
+    run_id = extras["run_id"]
+    loaded_at = dt.datetime.fromisoformat(extras["loaded_at"])
+    max_share = float(extras.get("max_rejected_share", 0.5))
+    exports = extras["days"]
+    days = [d["day"] for d in exports]
     fs = WarehouseFiles(warehouse, grace_seconds=float(extras.get("version_grace_seconds", 3600)))
     stage = f"{warehouse}/{STAGING}/{run_id}"
     try:
@@ -245,9 +258,7 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
             watchdog.check()
             summary = day_summary(days, files, counts)
             check_unchanged(exports)
-            with catalog_of(spark, extras) as catalog:
-                create_raw_tables(catalog, warehouse)
-                fs.publish(stage, summary, lease, catalog)
+            fs.publish(stage, summary, lease, catalog)
             log.info(
                 f"Published {days[0]}..{days[-1]}: {sum(d['rows_loaded'] for d in summary.values())} rows "
                 f"loaded, {sum(d['rows_rejected'] for d in summary.values())} rejected"
@@ -260,7 +271,6 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
             watchdog.stop()
     finally:
         fs.delete(stage)
-        spark.stop()
 
 
 def start_session(extras: dict[str, Any], name: str) -> SparkSession:
@@ -294,11 +304,18 @@ def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
     a version a reader may still be reading), over <warehouse>/raw.db/<table>."""
     catalog.run("CREATE DATABASE IF NOT EXISTS raw")
     for table in TABLES:
-        location = sql_string(f"{warehouse}/{RAW_DB}/{table}")
+        location = f"{warehouse}/{RAW_DB}/{table}"
         catalog.run(
             f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
-            f"USING parquet PARTITIONED BY (dt) LOCATION {location}"
+            f"USING parquet PARTITIONED BY (dt) LOCATION {sql_string(location)}"
         )
+        described = {str(row[0]).strip(): str(row[1]) for row in catalog.run(f"DESCRIBE TABLE EXTENDED raw.{table}")}
+        if same_location(described.get("Location", "")) != same_location(location):
+            raise WarehouseMismatch(
+                f"raw.{table} in the cluster's catalog is at {described.get('Location')}, not in this warehouse "
+                f"({warehouse}): point SHOPFLOW_SPARK_WAREHOUSE at the catalog's warehouse, or drop the table "
+                "from the catalog (its files stay) and load its days again. Not retried."
+            )
 
 
 def application_of(spark: SparkSession, remote: bool) -> dict[str, str | None]:
@@ -329,6 +346,10 @@ def interrupt_on_signals(spark: SparkSession) -> None:
 MINIMUM_SPARK = (4, 0)  # the rules' SQL (is_valid_utf8, make_valid_utf8) and the readers' options
 
 
+class WarehouseMismatch(RuntimeError):
+    """The catalog's raw tables are in another warehouse: permanent."""
+
+
 class SparkTooOld(RuntimeError):
     """The cluster's Spark is older than the job needs: permanent."""
 
@@ -351,7 +372,7 @@ def is_permanent(error: BaseException) -> bool:
     retrying cannot help. A lost executor, an unreachable master or an I/O fault can."""
     from pyspark.errors import AnalysisException
 
-    if isinstance(error, (AnalysisException, PermissionError, SparkTooOld)):
+    if isinstance(error, (AnalysisException, PermissionError, SparkTooOld, WarehouseMismatch)):
         return True
     text = str(error)
     return any(name in text for name in PERMANENT_JAVA_ERRORS) or "Permission denied" in text

@@ -14,9 +14,12 @@ at import; a Thrift connection imports PyHive when it is opened.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import re
 import time
 from typing import Callable, Iterator
+from urllib.parse import unquote, urlsplit
 
 VERSION = "v="  # a version folder's name: v=<version>, versions of a table sort by age
 RETIRED = "_retired"  # dt=D/_retired/v=<version>: when that version stopped being live (epoch seconds)
@@ -47,6 +50,12 @@ class Catalog:
             raise ValueError(f"not a table and day: {table!r} {day!r}")
         return f"{table} PARTITION (dt = '{day}')"
 
+    def exists(self, table: str) -> bool:
+        database, name = table.split(".")
+        if database not in {str(row[0]) for row in self.run("SHOW DATABASES")}:
+            return False
+        return name in {str(row[1]) for row in self.run(f"SHOW TABLES IN {database}")}
+
     def days(self, table: str) -> list[str]:
         return sorted(str(row[0]).split("=", 1)[1] for row in self.run(f"SHOW PARTITIONS {table}"))
 
@@ -72,6 +81,16 @@ class Catalog:
     def drop(self, table: str, day: str) -> None:
         """The day ends empty (the tables are external: its files stay until retired)."""
         self.run(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (dt = '{day}')")
+
+
+def same_location(location: str) -> str:
+    """A warehouse location as one string however it is written: /w, file:/w, file:///w/, a link
+    to /w -> file:///w; other schemes as they are, without a trailing slash."""
+    parts = urlsplit(location)
+    if parts.scheme in ("", "file") or len(parts.scheme) == 1:
+        path = unquote(parts.path) if parts.scheme == "file" else location
+        return "file://" + os.path.realpath(path)  # a link to the same folder is the same folder
+    return location.rstrip("/")
 
 
 def live_version(location: str | None, day: str) -> str | None:
@@ -101,9 +120,13 @@ def tidy_day(fs, day_folder: str, live: str | None, grace_seconds: float, now: f
         for entry in fs.ls(marks, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             try:
-                retired[name] = float(fs.cat_file(entry).decode().strip())
+                since = float(fs.cat_file(entry).decode().strip())
             except (ValueError, UnicodeDecodeError):
-                retired[name] = now  # unreadable: counts from now
+                since = math.nan
+            if not math.isfinite(since) or since > now:  # not a time of the past: it counts from now
+                fs.pipe_file(entry, f"{now:.3f}".encode())
+                since = now
+            retired[name] = since
     for name in names:
         if name in (RETIRED, live) or name in retired or (live and name.startswith(VERSION) and name > live):
             continue
@@ -114,10 +137,13 @@ def tidy_day(fs, day_folder: str, live: str | None, grace_seconds: float, now: f
     for name, since in sorted(retired.items()):
         if name == live or now - since < grace_seconds:
             continue
-        if name in names:
-            fs.rm(f"{day_folder}/{name}", recursive=True)
-            removed.append(name)
-        fs.rm(f"{marks}/{name}")
+        try:
+            if name in names:
+                fs.rm(f"{day_folder}/{name}", recursive=True)
+                removed.append(name)
+            fs.rm(f"{marks}/{name}")
+        except OSError:  # (a link, a permission): left, with its mark, for a later tidy or a human
+            continue
     return removed
 
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import duckdb
 from dagster import AssetExecutionContext, Failure, MetadataValue, PipesSubprocessClient, RunsFilter
@@ -31,7 +31,7 @@ from pydantic import Field
 from shopflow_assets.engines.base import LoadSummary, Warehouse
 from shopflow_assets.contract.export import BadExportError, ExportChangedError
 from shopflow_assets.contract.landing import DayExport
-from shopflow_assets.contract.spark_layout import Catalog, live_version, thrift_sql, tidy_day
+from shopflow_assets.contract.spark_layout import Catalog, live_version, same_location, thrift_sql, tidy_day
 from shopflow_assets.settings import REPO_ROOT
 
 SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
@@ -344,9 +344,7 @@ class SparkWarehouse(Warehouse):
 
     def live_files(self, fs, catalog: Catalog, table: str) -> list[str]:
         """The Parquet files of the live version of each day of a table (paths on `fs`)."""
-        if table.split(".")[0] not in {str(row[0]) for row in catalog.run("SHOW DATABASES")}:
-            return []
-        if table.split(".")[1] not in {str(row[1]) for row in catalog.run(f"SHOW TABLES IN {table.split('.')[0]}")}:
+        if not catalog.exists(table):
             return []
         import fsspec
 
@@ -366,16 +364,6 @@ def application_metadata(application: dict) -> dict[str, Any]:
     if isinstance(ui, str) and re.fullmatch(r"https?://[^\s]{1,500}", ui):
         metadata["spark_ui"] = MetadataValue.url(ui)  # the driver's UI: it answers while the job runs
     return metadata
-
-
-def same_location(location: str) -> str:
-    """A warehouse location as one string however it is written: /w, file:/w, file:///w/, a link
-    to /w -> file:///w; other schemes as they are, without a trailing slash."""
-    parts = urlsplit(location)
-    if parts.scheme in ("", "file") or len(parts.scheme) == 1:
-        path = unquote(parts.path) if parts.scheme == "file" else location
-        return "file://" + os.path.realpath(path)  # a link to the same folder is the same folder
-    return location.rstrip("/")
 
 
 def first_line(error: BaseException) -> str:

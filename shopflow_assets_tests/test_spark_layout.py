@@ -1,0 +1,109 @@
+"""The Spark tables' versions of a day (shopflow_assets/contract/spark_layout.py), on a local
+folder through fsspec: what is retired, when it is removed, and what is never touched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from shopflow_assets.contract.spark_layout import Catalog, live_version, sql_string, tidy_day
+
+V1, V2, V3 = (f"v=00000000000{n}.run-{n}.nonce" for n in (1, 2, 3))
+FS = fsspec.filesystem("file")
+
+
+def day_folder(tmp_path: Path, *names: str) -> Path:
+    """A day's folder with these version folders (a Parquet file each) and loose files."""
+    day = tmp_path / "raw.db" / "orders" / "dt=2024-03-01"
+    for name in names:
+        if name.startswith("v="):
+            (day / name).mkdir(parents=True)
+            (day / name / "part-00000.parquet").write_bytes(b"PAR1")
+        else:
+            day.mkdir(parents=True, exist_ok=True)
+            (day / name).write_bytes(b"PAR1")
+    return day
+
+
+def contents(day: Path) -> list[str]:
+    return sorted(p.name for p in day.iterdir() if p.name != "_retired")
+
+
+def marks(day: Path) -> dict[str, str]:
+    folder = day / "_retired"
+    return {p.name: p.read_text() for p in folder.iterdir()} if folder.exists() else {}
+
+
+def test_what_stopped_being_live_is_removed_a_grace_period_later_and_a_newer_version_is_left_alone(tmp_path):
+    day = day_folder(tmp_path, V1, V2, V3, "part-legacy.parquet")
+    # V2 is live; V3 is newer and not live yet (a publish under way); V1 and the older layout's file retire
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=1000) == []
+    assert marks(day) == {V1: "1000.000", "part-legacy.parquet": "1000.000"}
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=1059.9) == []
+    assert marks(day)[V1] == "1000.000"  # a later tidy keeps the first time
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=1060) == ["part-legacy.parquet", V1]
+    assert contents(day) == [V2, V3] and marks(day) == {}
+
+
+def test_a_day_without_a_partition_retires_everything_and_a_location_of_another_layout_nothing(tmp_path):
+    day = day_folder(tmp_path, V1, V2, V3)
+    assert tidy_day(FS, str(day), "", grace_seconds=0, now=1000) == []  # the catalog points elsewhere
+    assert contents(day) == [V1, V2, V3] and marks(day) == {}
+    assert tidy_day(FS, str(day), None, grace_seconds=0, now=1000) == [V1, V2, V3]  # the day was dropped
+    assert tidy_day(FS, str(tmp_path / "no-such-day"), None, grace_seconds=0) == []
+
+
+def test_a_retired_version_that_is_live_again_is_never_removed(tmp_path):
+    day = day_folder(tmp_path, V1, V2)
+    tidy_day(FS, str(day), V2, grace_seconds=0, now=1000)
+    (day / V1).mkdir(exist_ok=True)
+    (day / "_retired" / V2).write_text("1.0")  # marked by a publisher that lost a race, then swapped back
+    assert tidy_day(FS, str(day), V2, grace_seconds=0, now=2000) == [V1]
+    assert contents(day) == [V2]
+
+
+@pytest.mark.parametrize("mark", ["nan", "inf", "-inf", "1e400", "not a time", "\xff", "99999999999"])
+def test_a_mark_that_is_not_a_time_of_the_past_counts_from_now(tmp_path, mark):
+    day = day_folder(tmp_path, V1, V2)
+    (day / "_retired").mkdir()
+    (day / "_retired" / V1).write_bytes(mark.encode("latin-1"))
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=1000) == []
+    assert marks(day)[V1] == "1000.000"
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=1060) == [V1]
+
+
+def test_a_link_among_the_versions_is_removed_as_a_link_not_its_target(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.parquet").write_bytes(b"PAR1")
+    day = day_folder(tmp_path, V2, V3)
+    os.symlink(outside, day / V1)  # a link someone put among the versions
+    assert tidy_day(FS, str(day), V3, grace_seconds=0, now=1000) == [V1, V2]
+    assert (outside / "keep.parquet").exists() and contents(day) == [V3]
+
+
+def test_the_catalogs_statements_take_only_a_table_name_and_a_date_and_quote_locations():
+    statements = []
+    catalog = Catalog(lambda s: statements.append(s) or [])
+    catalog.publish("raw.orders", "2024-03-01", "/w/it's\\x")
+    assert statements == [
+        "ALTER TABLE raw.orders ADD IF NOT EXISTS PARTITION (dt = '2024-03-01') LOCATION '/w/it\\'s\\\\x'",
+        "ALTER TABLE raw.orders PARTITION (dt = '2024-03-01') SET LOCATION '/w/it\\'s\\\\x'",
+    ]
+    for table, day in [("raw.orders; drop", "2024-03-01"), ("raw.orders", "2024-03-01') or ('1"), ("orders", "2024-03-01")]:
+        with pytest.raises(ValueError):
+            catalog.publish(table, day, "/w")
+    assert catalog.location("raw.orders", "2024-03-01") is None  # no such partition
+    assert sql_string("a'b\\") == "'a\\'b\\\\'"
+
+
+def test_the_live_version_is_read_from_the_location_the_catalog_names():
+    day = "2024-03-01"
+    assert live_version(f"file:/w/raw.db/orders/dt={day}/{V2}", day) == V2
+    assert live_version(f"hdfs://nn/w/raw.db/orders/dt={day}/{V2}/", day) == V2
+    assert live_version(f"file:/w/raw.db/orders/dt={day}", day) == ""  # the older layout
+    assert live_version(f"file:/w/raw.db/orders/dt=2024-03-02/{V2}", day) == ""  # another day's
+    assert live_version(None, day) is None
