@@ -116,9 +116,9 @@ class Warehouse(ConfigurableResource):
         """After dbt built these models' days: the engine's housekeeping (none by default)."""
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def read(self, days: Sequence[dt.date] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only DuckDB connection where raw.orders, raw.orders_rejected,
         analytics.fact_sales and analytics.daily_revenue can be queried (small reads: metadata,
-        `shopflow-revenue`)."""
+        `shopflow-revenue`): every day, or at least `days`."""
         raise NotImplementedError
         yield

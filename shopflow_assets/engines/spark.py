@@ -312,9 +312,10 @@ class SparkWarehouse(Warehouse):
                     tidy_day(fs, f"{root}/{TABLES[table]}/dt={day}", live, self.version_grace_minutes * 60)
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """DuckDB over the live version of every day, as the catalog names it (through the Thrift
-        server): what a reader through the catalog sees, read without Spark. A table with no day
+    def read(self, days: Sequence[dt.date] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB over the live version of every day (or of `days` only: each day costs the
+        catalog a question), as the catalog names it (through the Thrift server): what a reader
+        through the catalog sees, read without Spark. A table with no day
         yet is not there (as in a new DuckDB warehouse). A warehouse that is not a local folder is
         read through its fsspec file system."""
         from fsspec.implementations.local import LocalFileSystem
@@ -322,7 +323,7 @@ class SparkWarehouse(Warehouse):
         fs, _ = self.warehouse_files()
         local = isinstance(fs, LocalFileSystem)
         with self.thrift_catalog() as catalog:
-            files = {table: self.live_files(fs, catalog, table) for table in TABLES}
+            files = {table: self.live_files(fs, catalog, table, days) for table in TABLES}
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
@@ -333,23 +334,28 @@ class SparkWarehouse(Warehouse):
                 if not paths:
                     continue
                 listed = ", ".join("'" + (p if local else fs.unstrip_protocol(p)).replace("'", "''") + "'" for p in paths)
+                only = "" if days is None else f"WHERE dt IN ({', '.join(f'DATE {chr(39)}{d}{chr(39)}' for d in days)})"
                 con.execute(  # a view cannot take parameters: the paths are quoted literals
-                    f"CREATE VIEW {table} AS SELECT CAST(regexp_extract(filename, '/dt=([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}})/', 1) "
-                    f"AS DATE) AS dt, * EXCLUDE (filename) FROM read_parquet([{listed}], filename = true, hive_partitioning = false, "
-                    "union_by_name = true)"
+                    f"CREATE VIEW {table} AS SELECT * FROM (SELECT CAST(regexp_extract(filename, "
+                    "'/dt=([0-9]{4}-[0-9]{2}-[0-9]{2})/', 1) AS DATE) AS dt, * EXCLUDE (filename) "
+                    f"FROM read_parquet([{listed}], filename = true, hive_partitioning = false, union_by_name = true)) {only}"
                 )
             yield con
         finally:
             con.close()
 
-    def live_files(self, fs, catalog: Catalog, table: str) -> list[str]:
-        """The Parquet files of the live version of each day of a table (paths on `fs`)."""
+    def live_files(self, fs, catalog: Catalog, table: str, days: Sequence[dt.date] | None = None) -> list[str]:
+        """The Parquet files of the live version of each day of a table (paths on `fs`), or of
+        `days`; when none of those has rows, of the latest day (read() filters it out: the table
+        is there, with its columns, and empty for those days)."""
         if not catalog.exists(table):
             return []
         import fsspec
 
         files = []
-        for location in catalog.locations(table).values():
+        found = catalog.days(table)
+        wanted = found if days is None else [str(day) for day in days if str(day) in found] or found[-1:]
+        for location in filter(None, (catalog.location(table, day) for day in wanted)):
             _, path = fsspec.core.url_to_fs(location)
             files += sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
         return files

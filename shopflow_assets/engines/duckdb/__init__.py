@@ -77,6 +77,6 @@ class DuckDBWarehouse(Warehouse):
         return {"SHOPFLOW_WAREHOUSE": os.path.abspath(self.path), **limit}
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def read(self, days: Sequence[dt.date] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.connect(read_only=True) as con:
             yield con
