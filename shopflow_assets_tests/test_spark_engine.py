@@ -56,6 +56,7 @@ from .spark_helpers import (
     rows_of,
     rule_names,
     live_locations,
+    reset_catalog,
     spark_folders,
     spark_warehouse,
 )
@@ -127,6 +128,7 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
     landing.finish(EDGE_DAY)
 
     spark_dir = spark_sql.warehouse  # the Thrift server's: dbt's tables live there
+    reset_catalog(spark_sql.thrift)  # another module's tables name its own warehouse
     spark_home = dagster_home(root / "dagster-home-spark")
     spark_env = command_env(
         landing,

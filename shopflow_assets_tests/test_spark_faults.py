@@ -1,6 +1,6 @@
 """Faults on Spark, against the suite's real standalone cluster (`spark_cluster`):
-the ingest's driver SIGKILLed mid-write (and the leftovers of a kill between a publish's two
-renames), a run cancelled the Dagster way while its Spark application runs, an unreachable master,
+the ingest's driver SIGKILLed mid-write (and the leftovers of a run killed between moving a new
+version into the day and swapping the catalog to it), a run cancelled the Dagster way while its Spark application runs, an unreachable master,
 a master that comes up between attempts followed by a lost worker, a bad export.
 
 The runs are the real raw/orders asset on the Spark engine: in process (`materialize`) where the

@@ -56,13 +56,31 @@ def test_a_day_without_a_partition_retires_everything_and_a_location_of_another_
     assert tidy_day(FS, str(tmp_path / "no-such-day"), None, grace_seconds=0) == []
 
 
-def test_a_retired_version_that_is_live_again_is_never_removed(tmp_path):
+def test_a_retired_version_that_is_live_again_loses_its_mark_and_gets_a_whole_grace_period_later(tmp_path):
+    day = day_folder(tmp_path, V1, V2, V3)
+    (day / "_retired").mkdir()
+    (day / "_retired" / V2).write_text("1000.0")  # marked while another was live, then swapped live
+    assert tidy_day(FS, str(day), V2, grace_seconds=60, now=5000) == []
+    assert V2 not in marks(day) and V2 in contents(day)
+    # swapped out again: its grace counts from now, not from the old mark
+    assert tidy_day(FS, str(day), V3, grace_seconds=60, now=8000) == [V1]  # retired at 5000
+    assert marks(day) == {V2: "8000.000"}
+    assert tidy_day(FS, str(day), V3, grace_seconds=60, now=8060) == [V2]
+
+
+def test_a_dropped_day_leaves_versions_newer_than_its_publishers_alone(tmp_path):
+    day = day_folder(tmp_path, V1, V2, V3)
+    # an ingest whose version would have been V2 dropped the day; V3, a later ingest's, is being published
+    assert tidy_day(FS, str(day), None, grace_seconds=0, now=1000, below=V2) == [V1, V2]
+    assert contents(day) == [V3]
+    assert tidy_day(FS, str(day), None, grace_seconds=0, now=1000) == [V3]
+
+
+def test_a_mark_that_is_a_folder_is_left_with_its_version(tmp_path):
     day = day_folder(tmp_path, V1, V2)
-    tidy_day(FS, str(day), V2, grace_seconds=0, now=1000)
-    (day / V1).mkdir(exist_ok=True)
-    (day / "_retired" / V2).write_text("1.0")  # marked by a publisher that lost a race, then swapped back
-    assert tidy_day(FS, str(day), V2, grace_seconds=0, now=2000) == [V1]
-    assert contents(day) == [V2]
+    (day / "_retired" / V1).mkdir(parents=True)
+    assert tidy_day(FS, str(day), V2, grace_seconds=0, now=1000) == []
+    assert contents(day) == [V1, V2]
 
 
 @pytest.mark.parametrize("mark", ["nan", "inf", "-inf", "1e400", "not a time", "\xff", "99999999999"])
@@ -93,9 +111,13 @@ def test_the_catalogs_statements_take_only_a_table_name_and_a_date_and_quote_loc
         "ALTER TABLE raw.orders ADD IF NOT EXISTS PARTITION (dt = '2024-03-01') LOCATION '/w/it\\'s\\\\x'",
         "ALTER TABLE raw.orders PARTITION (dt = '2024-03-01') SET LOCATION '/w/it\\'s\\\\x'",
     ]
+    statements.clear()
     for table, day in [("raw.orders; drop", "2024-03-01"), ("raw.orders", "2024-03-01') or ('1"), ("orders", "2024-03-01")]:
         with pytest.raises(ValueError):
             catalog.publish(table, day, "/w")
+        with pytest.raises(ValueError):
+            catalog.drop(table, day)
+    assert statements == []  # refused before any statement
     assert catalog.location("raw.orders", "2024-03-01") is None  # no such partition
     assert sql_string("a'b\\") == "'a\\'b\\\\'"
 

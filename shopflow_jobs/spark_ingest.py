@@ -82,7 +82,16 @@ from shopflow_assets.contract.export import (
 )
 from shopflow_assets.contract.landing import scan_day
 from shopflow_assets.contract.raw_schema import column_names, spark_columns
-from shopflow_assets.contract.spark_layout import Catalog, same_location, sql_string, thrift_sql, tidy_day, version_folder
+from shopflow_assets.contract.spark_layout import (
+    VERSION,
+    Catalog,
+    live_version,
+    same_location,
+    sql_string,
+    thrift_sql,
+    tidy_day,
+    version_folder,
+)
 
 RAW_DB = "raw.db"
 STAGING = "_staging"
@@ -258,7 +267,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
             watchdog.check()
             summary = day_summary(days, files, counts)
             check_unchanged(exports)
-            fs.publish(stage, summary, lease, catalog)
+            fs.publish(stage, summary, lease, catalog, log)
             log.info(
                 f"Published {days[0]}..{days[-1]}: {sum(d['rows_loaded'] for d in summary.values())} rows "
                 f"loaded, {sum(d['rows_rejected'] for d in summary.values())} rejected"
@@ -305,10 +314,15 @@ def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
     catalog.run("CREATE DATABASE IF NOT EXISTS raw")
     for table in TABLES:
         location = f"{warehouse}/{RAW_DB}/{table}"
-        catalog.run(
-            f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
-            f"USING parquet PARTITIONED BY (dt) LOCATION {sql_string(location)}"
-        )
+        try:
+            catalog.run(
+                f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
+                f"USING parquet PARTITIONED BY (dt) LOCATION {sql_string(location)}"
+            )
+        except Exception:
+            if not catalog.exists(f"raw.{table}"):
+                raise
+            # another ingest created it meanwhile: checked below like any existing table
         described = {str(row[0]).strip(): str(row[1]) for row in catalog.run(f"DESCRIBE TABLE EXTENDED raw.{table}")}
         if same_location(described.get("Location", "")) != same_location(location):
             raise WarehouseMismatch(
@@ -831,7 +845,7 @@ class Lease:
 
 
 class WarehouseFiles:
-    """The warehouse's folders, for what is not rows: leases, staging folders, renames. Through
+    """The warehouse's folders, for what is not rows: leases, staging folders, versions. Through
     fsspec, which reaches the storage the cluster writes to (a local folder, or HDFS and object
     stores with their fsspec package installed); rows are read and written by Spark only."""
 
@@ -920,7 +934,7 @@ class WarehouseFiles:
                 continue
             self.delete(f"{self.warehouse}/{STAGING}/{run}")
 
-    def publish(self, stage: str, summary: dict[str, dict[str, Any]], lease: Lease, catalog: Catalog) -> None:
+    def publish(self, stage: str, summary: dict[str, dict[str, Any]], lease: Lease, catalog: Catalog, log) -> None:
         """Each day of each table becomes its staged rows: moved to a new version folder of the day
         (no reader looks there yet), then the partition's location swapped to it in one catalog
         statement; a day whose rebuild is empty has its partition dropped. A reader through the
@@ -946,19 +960,39 @@ class WarehouseFiles:
             for table in TABLES:
                 rows = summary[day]["rows_loaded" if table == "orders" else "rows_rejected"]
                 table_folder = f"{self.warehouse}/{RAW_DB}/{table}"
+                ours = f"{VERSION}{lease.name(day)}"
                 self.check_leases(lease, [day], published)
+                self.check_live(catalog, f"raw.{table}", day, ours, published)
                 if rows > 0:
                     version = version_folder(table_folder, day, lease.name(day))
                     self.move(f"{stage}/{table}/dt={day}", version)
                     self.check_leases(lease, [day], published)
+                    self.check_live(catalog, f"raw.{table}", day, ours, published)
                     catalog.publish(f"raw.{table}", day, version)
-                    live = version.rsplit("/", 1)[-1]
                 else:  # the day's rebuild is empty: it ends empty
                     catalog.drop(f"raw.{table}", day)
-                    live = None
-                tidy_day(self.fs, f"{table_folder}/dt={day}", live, self.grace_seconds)
+                try:  # housekeeping: what is left now goes with a later publish of the day
+                    live = live_version(catalog.location(f"raw.{table}", day), day)
+                    tidy_day(self.fs, f"{table_folder}/dt={day}", live, self.grace_seconds, below=ours)
+                except Exception as error:  # noqa: BLE001
+                    log.warning(f"The retired versions of raw.{table} {day} were not removed: {first_line(error)}")
             published.append(day)
             self.drop_older_leases(lease, day)
+
+    def check_live(self, catalog: Catalog, table: str, day: str, ours: str, published: list[str]) -> None:
+        """The day's live version is older than this ingest's (a later ingest may have passed its
+        own lease check and swapped first), and of this layout (a day published by renaming
+        folders, `dt=D/` itself, would show a version written into it to readers at once)."""
+        live = live_version(catalog.location(table, day), day)
+        if live == "":
+            raise WarehouseMismatch(
+                f"{table} {day} is in the older layout (its partition is the folder dt={day} itself): drop "
+                "raw.orders and raw.orders_rejected from the catalog (their files stay) and load their "
+                "days again (docs/spark.md). Not retried."
+            )
+        if live and live > ours:
+            done = f" It had published {', '.join(published)}." if published else ""
+            raise Superseded(f"A later ingest published {table} {day} first: this run left it in place.{done} Not retried.")
 
 
 class ExecutorWatchdog:

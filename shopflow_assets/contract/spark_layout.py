@@ -75,11 +75,13 @@ class Catalog:
 
     def publish(self, table: str, day: str, location: str) -> None:
         """The day becomes the version at `location`: one statement swaps a day that exists."""
+        spec = self.spec(table, day)
         self.run(f"ALTER TABLE {table} ADD IF NOT EXISTS PARTITION (dt = '{day}') LOCATION {sql_string(location)}")
-        self.run(f"ALTER TABLE {self.spec(table, day)} SET LOCATION {sql_string(location)}")
+        self.run(f"ALTER TABLE {spec} SET LOCATION {sql_string(location)}")
 
     def drop(self, table: str, day: str) -> None:
         """The day ends empty (the tables are external: its files stay until retired)."""
+        self.spec(table, day)
         self.run(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (dt = '{day}')")
 
 
@@ -102,11 +104,15 @@ def live_version(location: str | None, day: str) -> str | None:
     return name if name.startswith(VERSION) and parent.endswith(f"/dt={day}") else ""
 
 
-def tidy_day(fs, day_folder: str, live: str | None, grace_seconds: float, now: float | None = None) -> list[str]:
+def tidy_day(
+    fs, day_folder: str, live: str | None, grace_seconds: float, now: float | None = None, below: str | None = None
+) -> list[str]:
     """Retire what of a day's folder is not live and older than the live version (everything when
-    the day has no partition), then remove what was retired at least `grace_seconds` ago and is
-    still not live. `fs` is an fsspec file system; returns what was removed. A newer version that
-    is not live yet (a publish under way) is left alone while the day has a live version."""
+    the day has no partition; with `below`, only versions older than that one), then remove what
+    was retired at least `grace_seconds` ago and is still not live. `fs` is an fsspec file system;
+    returns what was removed. A newer version that is not live yet (a publish under way) is left
+    alone while the day has a live version. A live version loses its mark: its grace counts from
+    when it stops being live again."""
     if live == "":
         return []
     now = time.time() if now is None else now
@@ -120,18 +126,28 @@ def tidy_day(fs, day_folder: str, live: str | None, grace_seconds: float, now: f
         for entry in fs.ls(marks, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             try:
-                since = float(fs.cat_file(entry).decode().strip())
-            except (ValueError, UnicodeDecodeError):
-                since = math.nan
-            if not math.isfinite(since) or since > now:  # not a time of the past: it counts from now
-                fs.pipe_file(entry, f"{now:.3f}".encode())
-                since = now
+                if name == live:
+                    fs.rm(entry)
+                    continue
+                try:
+                    since = float(fs.cat_file(entry).decode().strip())
+                except (ValueError, UnicodeDecodeError):
+                    since = math.nan
+                if not math.isfinite(since) or since > now:  # not a time of the past: it counts from now
+                    fs.pipe_file(entry, f"{now:.3f}".encode())
+                    since = now
+            except OSError:  # a mark that is not a file, or not ours to change: its version stays
+                continue
             retired[name] = since
+    newest = live or below
     for name in names:
-        if name in (RETIRED, live) or name in retired or (live and name.startswith(VERSION) and name > live):
+        if name in (RETIRED, live) or name in retired or (newest and name.startswith(VERSION) and name > newest):
             continue
-        fs.makedirs(marks, exist_ok=True)
-        fs.pipe_file(f"{marks}/{name}", f"{now:.3f}".encode())
+        try:
+            fs.makedirs(marks, exist_ok=True)
+            fs.pipe_file(f"{marks}/{name}", f"{now:.3f}".encode())
+        except OSError:  # (see above)
+            continue
         retired[name] = now
     removed = []
     for name, since in sorted(retired.items()):

@@ -337,7 +337,7 @@ class SparkWarehouse(Warehouse):
                 only = "" if days is None else f"WHERE dt IN ({', '.join(f'DATE {chr(39)}{d}{chr(39)}' for d in days)})"
                 con.execute(  # a view cannot take parameters: the paths are quoted literals
                     f"CREATE VIEW {table} AS SELECT * FROM (SELECT CAST(regexp_extract(filename, "
-                    "'/dt=([0-9]{4}-[0-9]{2}-[0-9]{2})/', 1) AS DATE) AS dt, * EXCLUDE (filename) "
+                    "'/dt=([0-9]{4}-[0-9]{2}-[0-9]{2})/(v=[^/]*/)?[^/]*$', 1) AS DATE) AS dt, * EXCLUDE (filename) "
                     f"FROM read_parquet([{listed}], filename = true, hive_partitioning = false, union_by_name = true)) {only}"
                 )
             yield con
@@ -357,7 +357,8 @@ class SparkWarehouse(Warehouse):
         wanted = found if days is None else [str(day) for day in days if str(day) in found] or found[-1:]
         for location in filter(None, (catalog.location(table, day) for day in wanted)):
             _, path = fsspec.core.url_to_fs(location)
-            files += sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
+            # listed, not globbed: a path may hold [ ] * ?
+            files += sorted(p for p in fs.ls(path.rstrip("/"), detail=False) if p.endswith(".parquet"))
         return files
 
 

@@ -14,6 +14,8 @@
   {%- call statement('main') -%}
     {{ create_table_as(True, build, sql) }}
   {%- endcall -%}
+  {#- computed once, then read for the days and for each day's version -#}
+  {%- do run_query('cache table ' ~ build) -%}
   {%- set columns = adapter.get_columns_in_relation(build) -%}
   {%- set data_columns = columns | rejectattr('name', 'equalto', 'dt') | list -%}
 
@@ -43,7 +45,7 @@
     ) -%}
     {%- do locations.update({day: location}) -%}
   {%- endfor -%}
-  {#- every version is written before any day is swapped: the days of a run go live together -#}
+  {#- every version is written before the first swap: a failed write leaves every day as it was -#}
   {%- for day, location in locations.items() -%}
     {%- do run_query('alter table ' ~ this ~ " add if not exists partition (dt = '" ~ day ~ "') location " ~ shopflow_string(location)) -%}
     {%- do run_query('alter table ' ~ this ~ " partition (dt = '" ~ day ~ "') set location " ~ shopflow_string(location)) -%}
@@ -54,6 +56,7 @@
       {%- do run_query('alter table ' ~ this ~ " drop if exists partition (dt = '" ~ day ~ "')") -%}
     {%- endif -%}
   {%- endfor -%}
+  {%- do run_query('uncache table if exists ' ~ build) -%}
   {%- do run_query('drop view if exists ' ~ build) -%}
 
   {{ run_hooks(post_hooks) }}
@@ -86,9 +89,11 @@
         relation ~ ' is a ' ~ kind ~ ' table, not the external table this project builds: drop it '
         ~ '(DROP TABLE ' ~ relation ~ ') and build its days again') -%}
   {%- endif -%}
-  {%- set have = adapter.get_columns_in_relation(relation) | rejectattr('name', 'equalto', 'dt')
-      | map(attribute='name') | map('lower') | list -%}
-  {%- set want = data_columns | map(attribute='name') | map('lower') | list -%}
+  {%- set have, want = [], [] -%}
+  {%- for column in adapter.get_columns_in_relation(relation) if column.name != 'dt' -%}
+    {%- do have.append((column.name ~ ' ' ~ column.data_type) | lower) -%}
+  {%- endfor -%}
+  {%- for column in data_columns -%}{%- do want.append((column.name ~ ' ' ~ column.data_type) | lower) -%}{%- endfor -%}
   {%- if have | sort != want | sort -%}
     {%- do exceptions.raise_compiler_error(
         'The columns of ' ~ relation ~ ' (' ~ have | join(', ') ~ ') are not the model\'s ('
