@@ -753,6 +753,12 @@ def test_spark_errors_are_mapped_the_way_spark_fails():
         ConnectionRefusedError(111, "Connection refused"),
         OSError("could not move a to b"),
         RuntimeError("org.apache.spark.SparkException: Job aborted due to stage failure: ExecutorLostFailure"),
+        # the metastore's PostgreSQL down: what the Connect server says after its own retries
+        AnalysisException(
+            "org.apache.hadoop.hive.ql.metadata.HiveException: Unable to fetch table orders. Connection to "
+            "127.0.0.1:5433 refused. Check that the hostname and port are correct and that the postmaster is "
+            "accepting TCP/IP connections."
+        ),
     ]
     assert [is_permanent(e) for e in permanent] == [True] * len(permanent)
     assert [is_permanent(e) for e in transient] == [False] * len(transient)

@@ -83,6 +83,7 @@ from shopflow_assets.contract.export import (
 from shopflow_assets.contract.landing import scan_day
 from shopflow_assets.contract.raw_schema import column_names, spark_columns
 from shopflow_assets.contract.spark_layout import (
+    METASTORE_UNREACHABLE,
     VERSION,
     Catalog,
     live_version,
@@ -383,12 +384,14 @@ PERMANENT_JAVA_ERRORS = ("org.apache.hadoop.security.AccessControlException", "j
 
 def is_permanent(error: BaseException) -> bool:
     """An analysis error (a query Spark cannot plan), a permission denied, or a Spark too old:
-    retrying cannot help. A lost executor, an unreachable master or an I/O fault can."""
+    retrying cannot help. A lost executor, an unreachable master or metastore, or an I/O fault can."""
     from pyspark.errors import AnalysisException
 
+    text = str(error)
+    if any(marker in text for marker in METASTORE_UNREACHABLE):
+        return False
     if isinstance(error, (AnalysisException, PermissionError, SparkTooOld, WarehouseMismatch)):
         return True
-    text = str(error)
     return any(name in text for name in PERMANENT_JAVA_ERRORS) or "Permission denied" in text
 
 

@@ -28,6 +28,17 @@ TABLE = re.compile(r"[a-z_]+\.[a-z_]+")
 
 SqlRunner = Callable[[str], list]  # a statement -> its rows (tuples)
 
+# How a Spark server says that its metastore's database does not answer (after its own retries,
+# minutes): an AnalysisException to Spark, but transient. PostgreSQL's JDBC driver, MySQL's, and
+# Hive's own wrappers.
+METASTORE_UNREACHABLE = (
+    "refused. Check that the hostname and port are correct and that the postmaster is accepting",
+    "Communications link failure",
+    "JDOFatalDataStoreException",
+    "Could not connect to meta store",
+    "Unable to instantiate org.apache.hadoop.hive",
+)
+
 
 def sql_string(text: str) -> str:
     """A Spark SQL string literal (backslash escapes, as Spark parses them by default)."""

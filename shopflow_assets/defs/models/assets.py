@@ -32,6 +32,7 @@ from dagster_dbt import (
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from shopflow_assets.contract.asset_keys import FACT_SALES
+from shopflow_assets.contract.spark_layout import METASTORE_UNREACHABLE
 from shopflow_assets.core.retries import not_retried_when_cancelled
 from shopflow_assets.defs.alerts.on_time import ON_TIME_CHECK, on_time_evaluation
 from shopflow_assets.defs.ingest.checks import held_back_days
@@ -52,6 +53,7 @@ TRANSIENT_DBT_ERRORS = (
     "All masters are unresponsive",
     "Connection refused",
     "Master removed our application",
+    *METASTORE_UNREACHABLE,  # the Thrift server's catalog database does not answer
 )
 
 # Each dbt invocation writes its artifacts to target/runs/<run>; only the newest are kept, and
