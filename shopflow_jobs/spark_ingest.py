@@ -204,7 +204,6 @@ def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
 
 
 def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
-    warehouse = extras["warehouse"].rstrip("/")
     days = [d["day"] for d in extras["days"]]
     files = export_files(extras["days"])
     headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
@@ -217,7 +216,6 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     try:
         check_spark_version(spark.version)
         with catalog_of(spark, extras) as catalog:
-            create_raw_tables(catalog, warehouse)  # before any work: the catalog is this warehouse's
             return load_days(spark, catalog, extras, files, headers, application, log)
     finally:
         spark.stop()
@@ -227,6 +225,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
               headers: dict[int, list[str]], application: dict[str, str | None], log) -> dict[str, Any]:
     """Read, check and stage the days' rows on the cluster, then publish them (steps 2 to 6)."""
     warehouse = extras["warehouse"].rstrip("/")
+    create_raw_tables(catalog, warehouse)  # before any work: the catalog is this warehouse's
     run_id = extras["run_id"]
     loaded_at = dt.datetime.fromisoformat(extras["loaded_at"])
     max_share = float(extras.get("max_rejected_share", 0.5))
@@ -324,7 +323,7 @@ def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
             if not catalog.exists(f"raw.{table}"):
                 raise
             # another ingest created it meanwhile: checked below like any existing table
-        described = {str(row[0]).strip(): str(row[1]) for row in catalog.run(f"DESCRIBE TABLE EXTENDED raw.{table}")}
+        described = catalog.described(f"TABLE EXTENDED raw.{table}")
         if same_location(described.get("Location", "")) != same_location(location):
             raise WarehouseMismatch(
                 f"raw.{table} in the cluster's catalog is at {described.get('Location')}, not in this warehouse "

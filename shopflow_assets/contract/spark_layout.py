@@ -67,6 +67,10 @@ class Catalog:
             return False
         return name in {str(row[1]) for row in self.run(f"SHOW TABLES IN {database}")}
 
+    def described(self, what: str) -> dict[str, str]:
+        """`DESCRIBE <what>` (a database, `TABLE EXTENDED t`, ...) as key -> value: its Location, Type..."""
+        return {str(row[0]).strip(): str(row[1]) for row in self.run(f"DESCRIBE {what}")}
+
     def days(self, table: str) -> list[str]:
         return sorted(str(row[0]).split("=", 1)[1] for row in self.run(f"SHOW PARTITIONS {table}"))
 

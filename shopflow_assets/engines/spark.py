@@ -277,8 +277,8 @@ class SparkWarehouse(Warehouse):
                 locations = {"the warehouse": str(catalog.run("SET spark.sql.warehouse.dir")[0][1])}
                 for (database,) in catalog.run("SHOW DATABASES"):
                     if database in ("raw", "analytics"):
-                        described = {str(k).strip(): str(v) for k, v in catalog.run(f"DESCRIBE DATABASE {database}")}
-                        locations[f"database {database}"] = described.get("Location", "").rsplit("/", 1)[0]
+                        location = catalog.described(f"DATABASE {database}").get("Location", "")
+                        locations[f"database {database}"] = location.rsplit("/", 1)[0]
         except (TTransportException, OSError) as error:
             raise SparkServerUnreachable(
                 f"The Spark Thrift Server at {self.thrift} does not answer ({first_line(error)}): start "
