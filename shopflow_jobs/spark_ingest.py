@@ -240,7 +240,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
         watchdog.start()
         try:
             log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
-            checked = None
+            checked, added = None, provenance(files, run_id, loaded_at)
             try:
                 splits = split_lines(spark, files)
                 multiline = sum(s.multiline for s in splits.values())
@@ -253,12 +253,12 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                         DataFrame.unionByName,
                         [parsed_records(spark, f, headers[f.idx], splits[f.idx]) for f in files],
                     )
-                    checked = checked_rows(parsed, run_id, loaded_at).persist(StorageLevel.DISK_ONLY)
+                    checked = checked_rows(parsed, added["dt"]).persist(StorageLevel.DISK_ONLY)
                 counts = file_counts(checked)
                 refuse_mostly_rejected(files, counts, max_share)  # before anything is written
                 if checked is not None:
-                    write_staged(valid_rows(checked), f"{stage}/orders")
-                    write_staged(rejected_rows(checked), f"{stage}/orders_rejected")
+                    write_staged(valid_rows(checked, added), f"{stage}/orders")
+                    write_staged(rejected_rows(checked, added), f"{stage}/orders_rejected")
             except Exception as error:
                 raise bad_file_error(error, files) or error
             finally:
@@ -694,59 +694,83 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits
     schema = ", ".join(f"c{i} STRING" for i in range(n))
     fields = F.from_csv(F.col("record"), schema, {"quote": '"', "escape": '"', "mode": "PERMISSIVE"})
     names = [name.lstrip("\ufeff") for name in header]
-    # Fields = delimiters outside quoted fields + 1; only records with a quote need the regex.
+    # Fields = delimiters outside quoted fields + 1; only records with a quote need the regex, the
+    # others count their commas (one byte each in UTF-8) with a plain replace.
+    record = F.col("record")
     field_count = F.when(
-        F.col("record").contains('"'), F.size(F.split(F.regexp_replace("record", LEADING_QUOTED_FIELD, ""), ",", -1))
-    ).otherwise(F.length("record") - F.length(F.regexp_replace("record", ",", "")) + 1)
+        record.contains('"'), F.size(F.split(F.regexp_replace(record, LEADING_QUOTED_FIELD, ""), ",", -1))
+    ).otherwise(F.octet_length(record) - F.octet_length(F.expr("replace(record, ',', '')")) + 1)
     first_invalid = F.coalesce(
         *[F.when(~F.expr(f"is_valid_utf8(fields.c{i})"), F.lit(names[i])) for i in range(n)], F.lit(names[0])
     )
-    missing_from = F.element_at(F.array(*[F.lit(name) for name in names]), field_count + 1)
+    count = F.col("_field_count")
+    missing_from = F.element_at(F.array(*[F.lit(name) for name in names]), count + 1)
     malformed = (
         F.when(~F.expr("is_valid_utf8(record)"), F.concat(F.lit(f"{MALFORMED_ROW}: invalid encoding (from column "), first_invalid, F.lit(")")))
-        .when(field_count < n, F.concat(F.lit(f"{MALFORMED_ROW}: missing columns (from column "), missing_from, F.lit(")")))
-        .when(field_count > n, F.lit(f"{MALFORMED_ROW}: too many columns"))
+        .when(count < n, F.concat(F.lit(f"{MALFORMED_ROW}: missing columns (from column "), missing_from, F.lit(")")))
+        .when(count > n, F.lit(f"{MALFORMED_ROW}: too many columns"))
     )
-    rows = records(spark, f, splits).select("line", "record", "lines", fields.alias("fields"))
+    # Each step its own projection: a value that later steps read several times is computed once
+    # (Spark does not inline an expensive expression into each of its readers).
+    rows = (
+        records(spark, f, splits)
+        .select("line", "record", "lines", fields.alias("fields"), field_count.alias("_field_count"))
+        .select("line", "record", "lines", "fields", malformed.alias("malformed"))
+    )
     return rows.select(
-        F.lit(f.day).cast("date").alias("dt"),
         F.lit(f.idx).alias("_file_idx"),
         F.col("lines").alias("_lines"),
-        F.lit(f.name).alias("_source_file"),
         F.col("line").alias("_source_line"),
-        *[F.when(malformed.isNull(), F.col(f"fields.c{positions[c]}")).alias(c) for c in REQUIRED_COLUMNS],
-        malformed.alias("malformed"),
-        F.when(malformed.isNotNull(), F.expr("make_valid_utf8(record)")).alias("_raw_line"),
+        *[F.when(F.col("malformed").isNull(), F.col(f"fields.c{positions[c]}")).alias(c) for c in REQUIRED_COLUMNS],
+        "malformed",
+        F.when(F.col("malformed").isNotNull(), F.expr("make_valid_utf8(record)")).alias("_raw_line"),
     )
 
 
 # --- 3. rules -------------------------------------------------------------------------------
 
 
-def checked_rows(parsed: DataFrame, run_id: str, loaded_at: dt.datetime) -> DataFrame:
+def checked_rows(parsed: DataFrame, day: Any) -> DataFrame:
     """Every record with every rule it breaks ('' when none), and its values once: typed for a
-    valid row (raw.orders), as written for a rejected one (raw.orders_rejected); what is cached."""
-    typed = parsed.selectExpr("*", *SPARK.typed_columns()).withColumn(
-        "reason", F.coalesce(F.col("malformed"), F.expr(SPARK.reason()))
+    valid row (raw.orders), as written for a rejected one (raw.orders_rejected); what is cached.
+    What is the same for a whole file (its day and name) or run is added after the cache."""
+    # One match of the row's typed texts first; only a row that fails it is matched column by
+    # column (export.SqlDialect.typed_row_match).
+    typed = (
+        parsed.withColumn("_matched", F.expr(SPARK.typed_row_match()))
+        .selectExpr("*", *SPARK.typed_columns(matched="_matched"))
+        .withColumn("dt", day)  # the rules read the row's day
+        .withColumn("reason", F.coalesce(F.col("malformed"), F.expr(SPARK.reason())))
     )
     valid = F.col("reason") == ""
     return typed.select(
-        "dt", "_file_idx", "_lines", "_source_file", "_source_line", "_raw_line", "reason", "status",
+        "_file_idx", "_lines", "_source_line", "_raw_line", "reason", "status",
         *[F.when(valid, F.col(f"t_{c}")).alias(f"t_{c}") for c in REQUIRED_COLUMNS if c != "status"],
         *[F.when(~valid, F.col(c)).alias(c) for c in REQUIRED_COLUMNS if c != "status"],
-        F.lit(loaded_at).cast("timestamp").alias("_loaded_at"),
-        F.lit(run_id).alias("_run_id"),
     )
 
 
-def valid_rows(checked: DataFrame) -> DataFrame:
+def provenance(files: list[ExportFile], run_id: str, loaded_at: dt.datetime) -> dict[str, Any]:
+    """The columns a row gets from its file (looked up by _file_idx, 1-based) and from the run."""
+    by_idx = sorted(files, key=lambda f: f.idx)  # export_files numbers them 1, 2, ...
+    of_file = lambda values: F.element_at(F.array(*[F.lit(v) for v in values]), F.col("_file_idx"))  # noqa: E731
+    return {
+        "dt": of_file([f.day for f in by_idx]).cast("date").alias("dt"),
+        "_source_file": of_file([f.name for f in by_idx]).alias("_source_file"),
+        "_loaded_at": F.lit(loaded_at).cast("timestamp").alias("_loaded_at"),
+        "_run_id": F.lit(run_id).alias("_run_id"),
+    }
+
+
+def valid_rows(checked: DataFrame, added: dict[str, Any]) -> DataFrame:
     # status is published as written (it matched one of the statuses exactly); the rest typed
     typed = {c: F.col("status" if c == "status" else f"t_{c}").alias(c) for c in REQUIRED_COLUMNS}
-    return checked.where(F.col("reason") == "").select(*[typed.get(c, c) for c in column_names("raw.orders")])
+    columns = {**typed, **added}
+    return checked.where(F.col("reason") == "").select(*[columns.get(c, c) for c in column_names("raw.orders")])
 
 
-def rejected_rows(checked: DataFrame) -> DataFrame:
-    return checked.where(F.col("reason") != "").select(*column_names("raw.orders_rejected"))
+def rejected_rows(checked: DataFrame, added: dict[str, Any]) -> DataFrame:
+    return checked.where(F.col("reason") != "").select(*[added.get(c, c) for c in column_names("raw.orders_rejected")])
 
 
 # --- 4. staging and 5. publishing -------------------------------------------------------------

@@ -196,8 +196,10 @@ SPARK = SqlDialect(
     utc_date=lambda expr: f"CAST({expr} AS DATE)",
     trim_spaces=lambda expr: f"trim(BOTH ' ' FROM {expr})",
     # Spark's cast refuses a time without seconds, which DuckDB takes (both refuse a lower-case z).
+    # A text of ISO_TIMESTAMP has its seconds' ':' at 17 or none: only the latter is rewritten.
     timestamp_text=lambda expr: (
-        f"regexp_replace({expr}, '^([0-9-]{{10}}[T ][0-9]{{2}}:[0-9]{{2}})([^:0-9])', '$1:00$2')"
+        f"CASE WHEN substring({expr}, 17, 1) = ':' THEN {expr} "
+        f"ELSE regexp_replace({expr}, '^([0-9-]{{10}}[T ][0-9]{{2}}:[0-9]{{2}})([^:0-9])', '$1:00$2') END"
     ),
 )
 

@@ -219,6 +219,9 @@ class SparkWarehouse(Warehouse):
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             # A big file is read by several tasks (the job numbers each split's lines)
             "spark.sql.files.maxPartitionBytes": str(self.max_split_bytes),
+            # The check is one wide projection; fused into one generated method per stage it grows
+            # past what the JVM compiles and runs interpreted. Each operator's own code stays small.
+            "spark.sql.codegen.wholeStage": "false",
         }
 
     def spark_conf(self) -> dict[str, str]:
