@@ -253,13 +253,15 @@ SPARK_FIXTURES = {"spark_cluster", "spark_sql", "fresh_catalog"}
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items):
-    """Every test on the Spark cluster runs on one pytest-xdist worker: one cluster (and one
-    Thrift and Connect server, one backfill of test_spark_engine) for the suite, not one per worker;
-    the other worker takes the rest meanwhile. A test that asks for the Spark cluster only at run
-    time (request.getfixturevalue) is marked by hand."""
+    """The tests of one module on the Spark cluster run on one pytest-xdist worker (a module
+    shares its fixtures: one backfill of test_spark_engine), and the modules are spread over the
+    workers, each of which starts its own cluster (free ports, its own metastore) for the first
+    one it runs: two clusters side by side take less time than one module after the other. A
+    test that asks for the Spark cluster only at run time (request.getfixturevalue) also asks for
+    it by name, so it is in its module's group."""
     for item in items:
         if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("spark"))
+            item.add_marker(pytest.mark.xdist_group(f"spark-{item.module.__name__.rsplit('.', 1)[-1]}"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -164,7 +164,7 @@ def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_t
             return published(warehouse, spark_cluster.thrift)
 
         looker = in_background(remove_the_staged_day_then_look_at_the_retry)
-        result = ingest(landing, spark_warehouse(spark_cluster, warehouse), instance)
+        result = ingest(landing, spark_warehouse(spark_cluster, warehouse, remote=spark_cluster.remote), instance)
         at_retry = looker.result(timeout=120)
 
     # the attempt published nothing: D as it was (not empty) until the retry

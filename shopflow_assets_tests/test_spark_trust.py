@@ -82,7 +82,11 @@ def day_metadata(result: ExecuteInProcessResult) -> dict[str, tuple[int, int, in
 def engines(spark_cluster, root: Path) -> dict[str, Warehouse]:
     return {
         "duckdb": DuckDBWarehouse(path=str(root / "w.duckdb")),
-        "spark": SparkWarehouse(master=spark_cluster.master_url, thrift=spark_cluster.thrift, warehouse_dir=str(root / "spark-warehouse")),
+        # over Connect (no application to start per run); the export-rewritten test keeps spark-submit
+        "spark": SparkWarehouse(
+            master=spark_cluster.master_url, thrift=spark_cluster.thrift, remote=spark_cluster.remote,
+            warehouse_dir=str(root / "spark-warehouse"),
+        ),
     }
 
 
