@@ -248,22 +248,6 @@ def saved_parse_lock(request, tmp_path_factory):
         yield
 
 
-SPARK_FIXTURES = {"spark_cluster", "spark_sql", "fresh_catalog"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items):
-    """The tests of one module on the Spark cluster run on one pytest-xdist worker (a module
-    shares its fixtures: one backfill of test_spark_engine), and the modules are spread over the
-    workers, each of which starts its own cluster (free ports, its own metastore) for the first
-    one it runs: two clusters side by side take less time than one module after the other. A
-    test that asks for the Spark cluster only at run time (request.getfixturevalue) also asks for
-    it by name, so it is in its module's group."""
-    for item in items:
-        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(f"spark-{item.module.__name__.rsplit('.', 1)[-1]}"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def spark_on_loopback():
     """Spark drivers and executors of the tests talk over loopback only (the machine's name may

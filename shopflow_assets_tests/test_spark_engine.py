@@ -61,7 +61,10 @@ from .spark_helpers import (
     spark_warehouse,
 )
 
-pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
+pytestmark = [
+    pytest.mark.slow,  # a daemon, a subprocess, Spark, Postgres or a browser
+    pytest.mark.xdist_group("spark-engine"),  # one test worker: its tests share one backfill
+]
 
 DAYS = ("2024-03-01", "2024-03-02", "2024-03-03")
 EDGE_DAY = DAYS[1]  # the day with the hand-written files beside the realistic ones
