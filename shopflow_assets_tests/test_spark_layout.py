@@ -9,7 +9,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from shopflow_assets.contract.spark_layout import Catalog, live_version, sql_string, tidy_day
+from shopflow_assets.contract.spark_layout import Catalog, live_version, same_place, sql_string, tidy_day
 
 V1, V2, V3 = (f"v=00000000000{n}.run-{n}.nonce" for n in (1, 2, 3))
 FS = fsspec.filesystem("file")
@@ -129,3 +129,17 @@ def test_the_live_version_is_read_from_the_location_the_catalog_names():
     assert live_version(f"file:/w/raw.db/orders/dt={day}", day) == ""  # the older layout
     assert live_version(f"file:/w/raw.db/orders/dt=2024-03-02/{V2}", day) == ""  # another day's
     assert live_version(None, day) is None
+
+
+def test_a_warehouse_path_with_percent_signs_and_spaces_is_found_however_the_catalog_spells_it(tmp_path):
+    """Spark's catalog shows a location made from a plain path as written, one made from a URI
+    percent-encoded (both seen with the pip pyspark's DESCRIBE TABLE EXTENDED)."""
+    warehouse = tmp_path / "a%41b c"
+    table = f"{warehouse}/raw.db/orders"
+    assert same_place(f"file:{table}", table)  # from the plain path
+    assert same_place(f"file:{str(tmp_path)}/a%2541b%20c/raw.db/orders", table)  # from a URI
+    assert same_place(f"file://{table}/", table)
+    assert not same_place(f"file:{tmp_path}/other/raw.db/orders", table)
+    assert not same_place(f"file:{tmp_path}/a%41b c/raw.db/orders_rejected", table)
+    assert same_place("hdfs://nn:8020/w/raw.db/orders/", "hdfs://nn:8020/w/raw.db/orders")
+    assert not same_place("hdfs://nn:8020/w2/raw.db/orders", "hdfs://nn:8020/w/raw.db/orders")

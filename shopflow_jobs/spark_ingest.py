@@ -87,7 +87,7 @@ from shopflow_assets.contract.spark_layout import (
     VERSION,
     Catalog,
     live_version,
-    same_location,
+    same_place,
     sql_string,
     thrift_sql,
     tidy_day,
@@ -324,7 +324,7 @@ def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
                 raise
             # another ingest created it meanwhile: checked below like any existing table
         described = catalog.described(f"TABLE EXTENDED raw.{table}")
-        if same_location(described.get("Location", "")) != same_location(location):
+        if not same_place(described.get("Location", ""), location):
             raise WarehouseMismatch(
                 f"raw.{table} in the cluster's catalog is at {described.get('Location')}, not in this warehouse "
                 f"({warehouse}): point SHOPFLOW_SPARK_WAREHOUSE at the catalog's warehouse, or drop the table "

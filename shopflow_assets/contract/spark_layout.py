@@ -110,6 +110,17 @@ def same_location(location: str) -> str:
     return location.rstrip("/")
 
 
+def same_place(catalog_location: str, path: str) -> bool:
+    """Whether a location the catalog shows is `path`. The catalog shows a location made from a
+    plain path as written (`file:/w%41/x`), one made from a URI percent-encoded (`file:/w%2541/x`):
+    either reading counts."""
+    ours = same_location(path)
+    if same_location(catalog_location) == ours:
+        return True
+    parts = urlsplit(catalog_location)
+    return parts.scheme == "file" and "file://" + os.path.realpath(parts.path) == ours
+
+
 def live_version(location: str | None, day: str) -> str | None:
     """The version folder's name (v=...) a day's location names; None for no partition, "" for a
     location that is not a version of the day (an older layout: then nothing of the day is tidied)."""

@@ -31,7 +31,7 @@ from pydantic import Field
 from shopflow_assets.engines.base import LoadSummary, Warehouse
 from shopflow_assets.contract.export import BadExportError, ExportChangedError
 from shopflow_assets.contract.landing import DayExport
-from shopflow_assets.contract.spark_layout import Catalog, live_version, same_location, thrift_sql, tidy_day
+from shopflow_assets.contract.spark_layout import Catalog, live_version, same_place, thrift_sql, tidy_day
 from shopflow_assets.settings import REPO_ROOT
 
 SPARK_INGEST_JOB = REPO_ROOT / "shopflow_jobs" / "spark_ingest.py"
@@ -287,7 +287,7 @@ class SparkWarehouse(Warehouse):
                 f"The Spark Thrift Server at {self.thrift} does not answer ({first_line(error)}): start "
                 "it (scripts/spark-cluster start) or fix SHOPFLOW_SPARK_THRIFT. Retried."
             ) from None
-        elsewhere = {what: where for what, where in locations.items() if same_location(where) != same_location(self.warehouse_dir)}
+        elsewhere = {what: where for what, where in locations.items() if not same_place(where, self.warehouse_dir)}
         if elsewhere:
             found = ", ".join(f"{what} is {where}" for what, where in elsewhere.items())
             raise Failure(
