@@ -753,7 +753,10 @@ def checked_rows(parsed: DataFrame, day: Any) -> DataFrame:
 def provenance(files: list[ExportFile], run_id: str, loaded_at: dt.datetime) -> dict[str, Any]:
     """The columns a row gets from its file (looked up by _file_idx, 1-based) and from the run."""
     by_idx = sorted(files, key=lambda f: f.idx)  # export_files numbers them 1, 2, ...
-    of_file = lambda values: F.element_at(F.array(*[F.lit(v) for v in values]), F.col("_file_idx"))  # noqa: E731
+
+    def of_file(values: list[str]):
+        return F.element_at(F.array(*[F.lit(v) for v in values]), F.col("_file_idx"))
+
     return {
         "dt": of_file([f.day for f in by_idx]).cast("date").alias("dt"),
         "_source_file": of_file([f.name for f in by_idx]).alias("_source_file"),

@@ -118,7 +118,7 @@ def same_place(catalog_location: str, path: str) -> bool:
     if same_location(catalog_location) == ours:
         return True
     parts = urlsplit(catalog_location)
-    return parts.scheme == "file" and "file://" + os.path.realpath(parts.path) == ours
+    return parts.scheme == "file" and same_location(parts.path) == ours  # the path as written
 
 
 def live_version(location: str | None, day: str) -> str | None:
