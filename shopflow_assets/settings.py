@@ -27,7 +27,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    landing_dir: Path
+    landing_dir: str  # an absolute path; with the Spark engine possibly a URI (file://, hdfs://, s3a://)
     warehouse: Path
     start_date: dt.date
     sla_timezone: str
@@ -59,8 +59,9 @@ class Settings:
             value = env.get(name, "").strip()
             return value or default
 
+        engine = _parse_engine(get("SHOPFLOW_ENGINE", "duckdb"))
         return cls(
-            landing_dir=_local_folder("SHOPFLOW_LANDING_DIR", get("SHOPFLOW_LANDING_DIR", "./data/landing")),
+            landing_dir=_landing_location(get("SHOPFLOW_LANDING_DIR", "./data/landing"), engine),
             warehouse=_repo_path(get("SHOPFLOW_WAREHOUSE", "./data/shopflow.duckdb")),
             start_date=_parse_date("SHOPFLOW_START_DATE", get("SHOPFLOW_START_DATE", "2024-01-01")),
             sla_timezone=_parse_timezone(get("SHOPFLOW_SLA_TIMEZONE", "UTC")),
@@ -75,7 +76,7 @@ class Settings:
             alert_summary_after_seconds=_parse_number("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", get("SHOPFLOW_ALERT_SUMMARY_AFTER_SECONDS", "1800"), int),
             duckdb_memory_limit=_parse_memory_limit(get("SHOPFLOW_DUCKDB_MEMORY_LIMIT", "2GB")),
             max_rejected_share=_parse_share(get("SHOPFLOW_MAX_REJECTED_SHARE", "0.5")),
-            engine=_parse_engine(get("SHOPFLOW_ENGINE", "duckdb")),
+            engine=engine,
             git_url=_parse_git_url(get("SHOPFLOW_GIT_URL", "")) or None,
             git_branch=get("SHOPFLOW_GIT_BRANCH", "main"),
             spark_master=_parse_spark_master(get("SHOPFLOW_SPARK_MASTER", "local[2]")),
@@ -111,18 +112,38 @@ def _parse_git_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _local_folder(name: str, value: str) -> Path:
-    """A local folder: a path, or a file:// URI. Other file systems are refused by name: the landing
-    zone is listed and its files checked where the Dagster processes run."""
+# The file systems a landing zone may be on with the Spark engine: Hadoop's names, each with an
+# fsspec implementation for the listing (docs/spark.md says what to install for each).
+LANDING_SCHEMES = ("file", "hdfs", "s3a", "gs", "abfs")
+
+
+def _landing_location(value: str, engine: str) -> str:
+    """SHOPFLOW_LANDING_DIR: a local folder (a path, or a file:// URI), or with the Spark engine a
+    URI of a file system Hadoop and fsspec both reach, kept as written: the Spark executors read
+    the files, the Dagster side lists them through fsspec."""
+    name = "SHOPFLOW_LANDING_DIR"
     parts = urlsplit(value)
-    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
-        return _repo_path(unquote(parts.path))
-    if "://" in value:
+    if "://" not in value:
+        return str(_repo_path(value))
+    if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise SettingsError(f"{name}={value!r}: a file:// URI names a folder of this machine (file:///path)")
+    if engine == "spark" and parts.scheme == "file":  # decoded: Hadoop and fsspec take the path as it is
+        return "file://" + str(_repo_path(unquote(parts.path)))
+    if engine == "spark" and parts.scheme in LANDING_SCHEMES:
+        if not parts.netloc and parts.scheme != "hdfs":
+            raise SettingsError(f"{name}={value!r}: name the bucket or container, e.g. s3a://bucket/landing")
+        return value.rstrip("/")
+    if parts.scheme == "file":  # DuckDB reads a local folder
+        return str(_repo_path(unquote(parts.path)))
+    if engine == "spark":
         raise SettingsError(
-            f"{name}={value!r}: only a local folder (a path or a file:// URI) can be the landing zone; "
-            "mount the storage where the Dagster processes and the Spark executors see it"
+            f"{name}={value!r}: the Spark engine reads a landing zone on {', '.join(s + '://' for s in LANDING_SCHEMES)} "
+            "or a local path"
         )
-    return _repo_path(value)
+    raise SettingsError(
+        f"{name}={value!r}: the DuckDB engine reads a local folder (a path or a file:// URI); a landing "
+        "zone on HDFS or an object store needs SHOPFLOW_ENGINE=spark"
+    )
 
 
 def _path_or_uri(value: str) -> str:

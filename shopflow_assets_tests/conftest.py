@@ -173,7 +173,8 @@ def command_env(landing: "Landing", warehouse_path: Path, **extra: str) -> dict[
     """The environment of a `dagster`/`dg` subprocess: this one's without any SHOPFLOW_, DAGSTER_ or
     SLACK_ setting, then the temporary landing zone and warehouse, then `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPFLOW_", "DAGSTER_", "SLACK_"))}
-    env.update(SHOPFLOW_LANDING_DIR=str(landing.root), SHOPFLOW_WAREHOUSE=str(warehouse_path), **extra)
+    env.update(SHOPFLOW_LANDING_DIR=str(landing.root), SHOPFLOW_WAREHOUSE=str(warehouse_path))
+    env.update(extra)  # may name the landing zone otherwise (a file:// URI)
     return env
 
 

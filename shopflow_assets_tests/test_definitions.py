@@ -69,7 +69,7 @@ def test_start_date_comes_from_the_environment():
 
 def test_settings_defaults_and_clear_errors():
     settings = Settings.from_env({})
-    assert settings.landing_dir == REPO_ROOT / "data" / "landing"
+    assert settings.landing_dir == str(REPO_ROOT / "data" / "landing")
     assert settings.warehouse == REPO_ROOT / "data" / "shopflow.duckdb"
     assert str(settings.start_date) == "2024-01-01"
     assert (settings.sla_timezone, settings.slack_channel, settings.ui_url) == ("UTC", "#shopflow-alerts", "http://127.0.0.1:3000")
@@ -83,10 +83,17 @@ def test_settings_defaults_and_clear_errors():
     assert settings.spark_warehouse == str(REPO_ROOT / "data" / "spark-warehouse")
     assert settings.spark_thrift == "127.0.0.1:10000"
     assert Settings.from_env({"SHOPFLOW_SPARK_THRIFT": "spark-thrift.internal:10001"}).spark_thrift == "spark-thrift.internal:10001"
-    # the landing zone is a local folder, written as a path or a file:// URI
+    # DuckDB's landing zone is a local folder, written as a path or a file:// URI
     for landing in ("/data/landing", "file:///data/landing", "file://localhost/data/landing"):
-        assert Settings.from_env({"SHOPFLOW_LANDING_DIR": landing}).landing_dir.as_posix() == "/data/landing"
-    assert Settings.from_env({"SHOPFLOW_LANDING_DIR": "file:///data/with%20space"}).landing_dir.as_posix() == "/data/with space"
+        assert Settings.from_env({"SHOPFLOW_LANDING_DIR": landing}).landing_dir == "/data/landing"
+    assert Settings.from_env({"SHOPFLOW_LANDING_DIR": "file:///data/with%20space"}).landing_dir == "/data/with space"
+    # Spark's may be a URI of a Hadoop file system, listed through fsspec: kept as written (file://
+    # decoded, since Hadoop and fsspec both take a path as it is)
+    spark = {"SHOPFLOW_ENGINE": "spark"}
+    for uri in ("hdfs://nn:8020/landing", "hdfs:///landing", "s3a://bucket/landing", "file:///data/landing"):
+        assert Settings.from_env({**spark, "SHOPFLOW_LANDING_DIR": uri + "/"}).landing_dir == uri
+    assert Settings.from_env({**spark, "SHOPFLOW_LANDING_DIR": "file://localhost/data/with%20space"}).landing_dir == "file:///data/with space"
+    assert Settings.from_env({**spark, "SHOPFLOW_LANDING_DIR": "/data/landing"}).landing_dir == "/data/landing"
     assert settings.spark_version_grace_minutes == 60
     assert Settings.from_env({"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES": "0"}).spark_version_grace_minutes == 0
     # no Connect URL: the ingest is spark-submitted to SHOPFLOW_SPARK_MASTER
@@ -106,9 +113,16 @@ def test_settings_defaults_and_clear_errors():
             for value in ("thrift://h:10000", "h", "h:", ":10000", "h:0", "h:65536", "h :1", "-h:1", "h;x:1", "[::1]:10000")
         ),
         *(
-            ({"SHOPFLOW_LANDING_DIR": value}, f"SHOPFLOW_LANDING_DIR={value!r}: only a local folder")
-            for value in ("hdfs://nn:8020/landing", "s3a://bucket/landing", "file://otherhost/landing")
+            ({"SHOPFLOW_LANDING_DIR": value}, f"SHOPFLOW_LANDING_DIR={value!r}: the DuckDB engine reads a local folder")
+            for value in ("hdfs://nn:8020/landing", "s3a://bucket/landing", "http://host/landing")
         ),
+        *(
+            ({"SHOPFLOW_LANDING_DIR": value, **engine}, f"SHOPFLOW_LANDING_DIR={value!r}: a file:// URI names a folder of this machine")
+            for value in ("file://otherhost/landing",)
+            for engine in ({}, {"SHOPFLOW_ENGINE": "spark"})
+        ),
+        ({"SHOPFLOW_LANDING_DIR": "http://host/landing", "SHOPFLOW_ENGINE": "spark"}, "the Spark engine reads a landing zone on file://, hdfs://"),
+        ({"SHOPFLOW_LANDING_DIR": "s3a:///landing", "SHOPFLOW_ENGINE": "spark"}, "name the bucket or container"),
         # a grace that is no time would remove a retired version at once, or never
         *(
             ({"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES": value}, f"SHOPFLOW_SPARK_VERSION_GRACE_MINUTES={value!r} is not a non-negative float")

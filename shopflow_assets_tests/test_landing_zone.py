@@ -13,6 +13,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 
 import duckdb
 import pytest
@@ -21,7 +22,8 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, build_sensor_co
 from shopflow_assets.contract.export import ExportChangedError
 from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS, load_days
 from shopflow_assets.engines import DuckDBWarehouse
-from shopflow_assets.defs.ingest.landing_zone import LandingZone
+from shopflow_assets.defs.ingest.checks import header_evaluation
+from shopflow_assets.defs.ingest.landing_zone import ExportNotReady, LandingRuleError, LandingZone
 from shopflow_assets.core.run_window import EXPORT_TAG, export_tag_value
 from shopflow_assets.defs.ingest import sensor as export_landed
 
@@ -485,3 +487,60 @@ def test_an_interrupted_read_is_a_cancellation_not_a_bad_file(landing, tmp_path)
         stop.set()
         interrupter.join()
         con.close()
+
+
+# --- 6. a landing zone given as a URI (the Spark engine's HDFS or object store) -------------------
+
+
+def test_a_landing_zone_given_as_a_uri_is_listed_through_fsspec_by_the_same_rules(landing, tmp_path):
+    """A file:// URI stands for HDFS or an object store: the days are listed through fsspec, the
+    files named by URI for the Spark executors, and the rules hold. Writers' own names are ignored;
+    a file newer than _SUCCESS is a re-export being written; a rewrite changes the fingerprint; a
+    folder, a FIFO (never opened), a file of another suffix and any link are refused, each named."""
+    uri = landing.root.as_uri()
+    zone = LandingZone(root=uri)
+    landing.export(DAY, {"a.csv": csv_text([line("A")]), "b.CSV.gz": csv_text([line("B")]), ".a.csv.crc": "x"})
+    (landing.day_dir(DAY) / "_temporary").mkdir()  # a writer's own folder
+    (landing.root / "orders" / "not-a-day").mkdir()
+
+    export = zone.finished_export(day_of(DAY))
+    assert [(f.name, f.path, f.gzip) for f in export.files] == [
+        ("a.csv", f"{uri}/orders/dt={DAY}/a.csv", False),
+        ("b.CSV.gz", f"{uri}/orders/dt={DAY}/b.CSV.gz", True),
+    ]
+    assert export.directory == f"{uri}/orders/dt={DAY}" and not export.changed()
+    assert header_evaluation(export).passed  # the header check reads the first lines through fsspec
+    assert [(e.name, e.day) for e in zone.scan_orders()] == [(f"dt={DAY}", day_of(DAY)), ("not-a-day", None)]
+
+    time.sleep(0.05)  # past the file system's clock tick
+    landing.write(DAY, "a.csv", csv_text([line("A2")]))
+    assert export.changed()
+    with pytest.raises(ExportNotReady, match="a.csv is newer than its _SUCCESS"):
+        zone.finished_export(day_of(DAY))
+    landing.finish(DAY)
+    assert zone.finished_export(day_of(DAY)).fingerprint not in (None, export.fingerprint)
+
+    outside = tmp_path / "outside.csv"
+    outside.write_text(csv_text([line(SECRET)]))
+    landing.write(NEXT, "ok.csv", csv_text([line("OK", day=NEXT)]))
+    os.mkfifo(landing.day_dir(NEXT) / "fifo.csv")
+    (landing.day_dir(NEXT) / "folder.csv").mkdir()
+    os.symlink(outside, landing.day_dir(NEXT) / "out.csv")
+    os.symlink(landing.day_dir(NEXT) / "ok.csv", landing.day_dir(NEXT) / "in.csv")
+    landing.write(NEXT, "notes.txt", "hello")
+    landing.finish(NEXT)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(error=pytest.raises(LandingRuleError, zone.finished_export, day_of(NEXT))), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the listing opened the FIFO"
+    message = str(outcome["error"].value)
+    for problem in (
+        f"dt={NEXT}/fifo.csv is not a regular file, not an export file: not opened",
+        f"dt={NEXT}/folder.csv is a folder, not an export file: not opened",
+        f"dt={NEXT}/out.csv is a symbolic link: a landing zone given as a URI follows none",
+        f"dt={NEXT}/in.csv is a symbolic link: a landing zone given as a URI follows none",
+        f"dt={NEXT}/notes.txt is not an export file (names end in .csv or .csv.gz)",
+    ):
+        assert problem in message, message
+    assert SECRET not in message

@@ -139,7 +139,10 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
         DAGSTER_HOME=str(spark_home),
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
-        SHOPFLOW_SPARK_WAREHOUSE=spark_dir.as_uri(),  # a file:// URI (the daemon test uses the path)
+        # file:// URIs, as HDFS or S3 would be: the landing zone listed through fsspec, every file
+        # read by the executors (the daemon test gives the warehouse as a path)
+        SHOPFLOW_LANDING_DIR=landing.root.as_uri(),
+        SHOPFLOW_SPARK_WAREHOUSE=spark_dir.as_uri(),
         SHOPFLOW_SPARK_THRIFT=spark_sql.thrift,
         SHOPFLOW_SPARK_REMOTE=spark_sql.remote,
     )
@@ -337,6 +340,7 @@ def spark_daemon(backfill, spark_sql, slack_server, tmp_path):
         DAGSTER_HOME=str(home),
         SHOPFLOW_ENGINE="spark",
         SHOPFLOW_SPARK_MASTER=spark_cluster.master_url,
+        SHOPFLOW_LANDING_DIR=landing.root.as_uri(),  # the sensor lists it through fsspec
         SHOPFLOW_SPARK_WAREHOUSE=str(backfill.spark_dir),
         SHOPFLOW_SPARK_THRIFT=spark_cluster.thrift,
         SHOPFLOW_SPARK_REMOTE=spark_cluster.remote,

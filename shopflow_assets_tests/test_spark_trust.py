@@ -1,6 +1,7 @@
 """Nothing silently wrong, on the Spark engine, on the suite's real standalone cluster:
 file names are names, never patterns (the same rows as DuckDB, each once under its own file name,
-one day and a two-day run); links inside the landing zone are read under the link's name, a link out
+one day and a two-day run, and from a landing zone and warehouse given as file:// URIs); links inside
+the landing zone are read under the link's name, a link out
 of it leaks nothing; a file that is mostly not order lines is refused before anything is staged;
 an export rewritten while Spark reads it is read again, never published mixed.
 
@@ -25,6 +26,7 @@ from dagster import (
 )
 
 from shopflow_assets.engines import DuckDBWarehouse, SparkWarehouse, Warehouse
+from shopflow_assets.defs.ingest.checks import HEADER
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import Landing, csv_text, failure_messages, line, raw_orders
@@ -48,15 +50,16 @@ ODD_NAMES = ["sp ace.csv", "100%.csv", "%2A.csv", "h#1.csv", "a:b.csv", "-lead.c
 
 
 def run_raw_orders(
-    landing: Landing, warehouse: Warehouse, days: list[str], instance: DagsterInstance
+    landing: Landing, warehouse: Warehouse, days: list[str], instance: DagsterInstance, root: str | None = None
 ) -> ExecuteInProcessResult:
-    """raw/orders for `days` (one day, or a range as one run), in process; never raises."""
+    """raw/orders for `days` (one day, or a range as one run), in process; never raises. `root`: the
+    landing zone as the resource names it (default: its path)."""
     partition = {"partition_key": days[0]} if len(days) == 1 else {
         "tags": {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]}
     }
     return materialize(
         [raw_orders],
-        resources={"landing": LandingZone(root=str(landing.root)), "warehouse": warehouse},
+        resources={"landing": LandingZone(root=root or str(landing.root)), "warehouse": warehouse},
         instance=instance,
         raise_on_error=False,
         **partition,
@@ -160,6 +163,37 @@ def test_file_names_are_names_and_in_landing_links_keep_their_names_on_spark_lik
                 assert all(o.startswith(("A", "B")) if f != "raw:bytes.csv" else o is None for f, o in bad), bad
                 assert {file for file, _ in bad} == {f for f in (d1_files if day == D1 else d2_files)}, name
         assert got["spark"] == got["duckdb"], f"{days}: Spark and DuckDB differ"
+
+
+def test_a_landing_zone_and_warehouse_given_as_file_uris_load_the_same_rows_as_duckdb_from_the_path(
+    landing, tmp_path, spark_cluster
+):
+    """file:// URIs, as HDFS or S3 would be given: the listing goes through fsspec, every file (the
+    header too) is read by the executors, by its exact name; the names Hadoop cannot take as they
+    are are read by Python on an executor through fsspec. The rows are DuckDB's from the path."""
+    files, expected = named_files(D2, GLOB_NAMES + ODD_NAMES, valid=2, rejected=1, tag="U")
+    files["raw:bom.csv"] = "\ufeff" + csv_text([line("U-BOM", day=D2)]).replace("\n", "\r\n")
+    expected.add(("raw:bom.csv", "U-BOM"))
+    landing.export(D2, files)
+    (tmp_path / "duckdb").mkdir()
+    duckdb_warehouse = engines(spark_cluster, tmp_path / "duckdb")["duckdb"]
+    spark_warehouse = SparkWarehouse(
+        master=spark_cluster.master_url, thrift=spark_cluster.thrift, remote=spark_cluster.remote,
+        warehouse_dir=(tmp_path / "spark-warehouse").as_uri(),
+    )
+    got = {}
+    for name, warehouse, root in (
+        ("duckdb", duckdb_warehouse, str(landing.root)), ("spark", spark_warehouse, landing.root.as_uri())
+    ):
+        with DagsterInstance.ephemeral() as instance:
+            result = run_raw_orders(landing, warehouse, [D2], instance, root=root)
+        assert result.success, failure_messages(result)
+        assert day_metadata(result) == {D2: (len(expected), len(files) - 1, len(files))}, name
+        # the header check read each file's first line (through fsspec for a URI), and it matched
+        assert {(c.check_name, c.passed) for c in result.get_asset_check_evaluations()} >= {(HEADER, True)}, name
+        got[name] = rows, _ = tables(warehouse)
+        assert {(r[11], r[1]) for r in rows} == expected, name
+    assert got["spark"] == got["duckdb"]
 
 
 # ---------------------------------------------------------------------------------------------

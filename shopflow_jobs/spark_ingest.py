@@ -5,20 +5,21 @@ A program launched by the code location through Dagster Pipes (see shopflow_asse
 it imports nothing of Dagster but dagster_pipes. With a Spark Connect URL in its extras it is a
 client of the cluster's Connect server (plain Python: no JVM where it runs); without one it runs
 under spark-submit as a Spark application of its own. Past the start of its session it uses only
-what both kinds of session offer (no sparkContext, no JVM gateway). It reads only the files'
-header lines; the rows are read, checked and written by the executors, a big file in several
-tasks. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL,
+what both kinds of session offer (no sparkContext, no JVM gateway). It opens no export file:
+the files (a path or a URI: file://, hdfs://, s3a://) are read, checked and written by the
+executors, a big file in several tasks; the driver gets counts and each file's header line. The contract's rules come from shopflow_assets/contract/export.py, rendered as Spark SQL,
 the same table the DuckDB ingest renders, so the two engines cannot drift apart.
 
 The flow for a set of days:
-1. check every file's header on the driver (a missing or doubled required column fails before
-   anything is written);
-2. take each day's publish lease (a later ingest of the day fences this one out), and clean up
+1. take each day's publish lease (a later ingest of the day fences this one out), and clean up
    this run's own leftovers and those of the runs the engine says Dagster reports finished;
-3. read each file as lines with their physical line numbers: Spark splits a big file into several
+2. read each file as lines with their physical line numbers: Spark splits a big file into several
    tasks, so a first job counts each split's lines (and notes whether a line may open a quoted
-   newline), and a split's first line is the lines of the splits before it + 1; then the lines of
-   records that hold quoted newlines are joined, across splits too;
+   newline, and brings each file's first line), and a split's first line is the lines of the
+   splits before it + 1;
+3. check every file's header (a missing or doubled required column fails before any row is
+   parsed or anything written); then the lines of records that hold quoted newlines are joined,
+   across splits too;
 4. split each record into fields, keeping malformed ones (too few or too many fields, invalid
    UTF-8) with their reason, then check every rule in one pass;
 5. count per file and rule; refuse a file whose share of rejected lines is above
@@ -45,22 +46,20 @@ non-zero exit means the job died before it could say why).
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import datetime as dt
 import gzip
-import io
 import json
 import os
 import re
 import signal
-import stat
 import threading
 import time
 import traceback
 import urllib.request
 import uuid
 import zlib
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any, Iterator
@@ -71,16 +70,18 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shopflow_assets.contract.export import (
+    HEADER_BYTES,
     MALFORMED_ROW,
     REQUIRED_COLUMNS,
     SPARK,
     BadExportError,
     ExportChangedError,
     display_name,
+    header_names,
     rejected_share_error,
     required_positions,
 )
-from shopflow_assets.contract.landing import scan_day
+from shopflow_assets.contract.landing import is_uri, scan_day
 from shopflow_assets.contract.raw_schema import column_names, spark_columns
 from shopflow_assets.contract.spark_layout import (
     METASTORE_UNREACHABLE,
@@ -99,7 +100,6 @@ STAGING = "_staging"
 LEASES = "_leases"  # <warehouse>/_leases/dt=D/<token>.<owner>: who may publish day D
 ROW_IN_PARTITION = (1 << 33) - 1  # monotonically_increasing_id(): partition << 33 | row in partition
 TABLES = ("orders", "orders_rejected")
-HEADER_BYTES = 1024 * 1024  # a header line longer than this is not a header
 # A quoted field, Friedl's unrolled loop (no regex recursion per character: fields may be MBs).
 QUOTED_FIELD = '"[^"]*(?:""[^"]*)*"'
 # A line that, read from outside quotes, ends inside a quoted field: its record goes on below.
@@ -206,7 +206,6 @@ def ingest(extras: dict[str, Any], log) -> dict[str, Any]:
 def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     days = [d["day"] for d in extras["days"]]
     files = export_files(extras["days"])
-    headers = check_headers(files)  # before the session starts: a bad export costs no cluster time
 
     spark = start_session(extras, f"shopflow-ingest {days[0]}..{days[-1]}")
     application = application_of(spark, bool(extras.get("remote")))
@@ -216,14 +215,14 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     try:
         check_spark_version(spark.version)
         with catalog_of(spark, extras) as catalog:
-            return load_days(spark, catalog, extras, files, headers, application, log)
+            return load_days(spark, catalog, extras, files, application, log)
     finally:
         spark.stop()
 
 
 def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], files: list[ExportFile],
-              headers: dict[int, list[str]], application: dict[str, str | None], log) -> dict[str, Any]:
-    """Read, check and stage the days' rows on the cluster, then publish them (steps 2 to 6)."""
+              application: dict[str, str | None], log) -> dict[str, Any]:
+    """Read, check and stage the days' rows on the cluster, then publish them (steps 1 to 6)."""
     warehouse = extras["warehouse"].rstrip("/")
     create_raw_tables(catalog, warehouse)  # before any work: the catalog is this warehouse's
     run_id = extras["run_id"]
@@ -248,6 +247,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                     f"{sum(len(s.lines_before) for s in splits.values())} split(s) counted; "
                     f"{multiline} file(s) with quoted newlines"
                 )
+                headers = check_headers(files, splits)
                 if files:
                     parsed = reduce(
                         DataFrame.unionByName,
@@ -464,12 +464,13 @@ def die_with_launcher() -> None:
 # --- 1. headers -----------------------------------------------------------------------------
 
 
-def check_headers(files: list[ExportFile]) -> dict[int, list[str]]:
-    """Every file's header as written; all problems in one error before anything is read."""
+def check_headers(files: list[ExportFile], splits: dict[int, "FileSplits"]) -> dict[int, list[str]]:
+    """Every file's header as written (its first line, read by the executors with the line
+    counts); all problems in one error before any row is parsed."""
     headers, problems = {}, []
     for f in files:
         try:
-            written = header_line(f)
+            written = header_names(splits[f.idx].header, f.display)
             required_positions(f.day, f.display, written)
             headers[f.idx] = written
         except BadExportError as error:
@@ -477,36 +478,6 @@ def check_headers(files: list[ExportFile]) -> dict[int, list[str]]:
     if problems:
         raise BadExportError("\n".join(problems))
     return headers
-
-
-def open_export(f: ExportFile):
-    """The file, opened only if it is still a regular file (a link, FIFO or device put in its place
-    since the listing is not opened, nor waited on); ExportChangedError otherwise."""
-    try:
-        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        raise ExportChangedError(f"{f.display} changed while it was read ({error.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ExportChangedError(f"{f.display} is no longer a regular file: it changed while it was read")
-    return os.fdopen(fd, "rb")
-
-
-def header_line(f: ExportFile) -> list[str]:
-    """The names in the file's first line (a byte-order mark and CR removed)."""
-    try:
-        with open_export(f) as raw:
-            stream = gzip.GzipFile(fileobj=raw) if f.gzip else raw
-            first = stream.readline(HEADER_BYTES)
-    except (OSError, EOFError, zlib.error) as error:
-        raise BadExportError(f"{f.display}: the file is corrupt: {first_line(error)}") from None
-    try:
-        text = first.decode("utf-8").lstrip("\ufeff").rstrip("\n").rstrip("\r")
-    except UnicodeDecodeError as error:
-        raise BadExportError(f"{f.display}: cannot read the CSV header: {first_line(error)}") from None
-    if not text.strip():
-        return []
-    return next(csv.reader(io.StringIO(text)))
 
 
 # --- 2. lines and records -------------------------------------------------------------------
@@ -523,7 +494,8 @@ def hadoop_reads_literally(f: ExportFile) -> bool:
     decompressor from the path's suffix, case-sensitively (a .CSV.GZ file would be read as bytes,
     and a link's target may have another suffix than the link)."""
     codec = next((s for s in HADOOP_CODEC_SUFFIXES if f.path.endswith(s)), None)
-    return ":" not in f.path and codec == (".gz" if f.gzip else None)
+    path = urlsplit(f.path).path if is_uri(f.path) else f.path
+    return ":" not in path and codec == (".gz" if f.gzip else None)
 
 
 @dataclass(frozen=True)
@@ -533,6 +505,7 @@ class FileSplits:
 
     lines_before: dict[int, int]
     multiline: bool
+    header: bytes | None = None  # the file's first line (at most HEADER_BYTES); None: an empty file
 
 
 def numbered_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
@@ -553,8 +526,8 @@ def numbered_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
 
 def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileSplits]:
     """One job over every file's lines: each split's count of lines, first and last row index,
-    and whether a line of it may open a quoted newline (a quote, then the regular expression). The
-    driver gets one row per split. A task that read more than one split (its rows would not start
+    first line, and whether a line of it may open a quoted newline (a quote, then the regular
+    expression). The driver gets one row per split; the first split's first line is the header. A task that read more than one split (its rows would not start
     at 0 or would run past the count) fails the ingest before anything is written."""
     if not files:
         return {}
@@ -569,6 +542,7 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
                 F.min("row").alias("first_row"),
                 F.max("row").alias("last_row"),
                 F.max((value.contains('"') & value.rlike(OPENS_QUOTE)).cast("int")).alias("opens"),
+                F.max(F.when(F.col("row") == 0, F.expr(f"substring(cast(value AS BINARY), 1, {HEADER_BYTES})"))).alias("first"),
             )
             .select(F.lit(f.idx).alias("file_idx"), "*")
             for f in files
@@ -583,7 +557,7 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
         for r in mine:
             before[r.split] = total
             total += r.lines
-        splits[f.idx] = FileSplits(before, any(r.opens for r in mine))
+        splits[f.idx] = FileSplits(before, any(r.opens for r in mine), bytes(mine[0].first) if mine else None)
     return splits
 
 
@@ -609,7 +583,8 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
     as it is (the rules then reject it as Spark's reader would)."""
     path, gzipped, mark = f.path, f.gzip, f"{CORRUPT_FILE_MARK}{f.idx}"
 
-    def lines(_batches):  # runs on the executor: only the standard library and pyarrow
+    def lines(_batches):  # runs on the executor: the standard library, pyarrow and fsspec
+        import fsspec
         import pyarrow as pa
 
         numbers, texts = [], []
@@ -618,7 +593,7 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
             return pa.RecordBatch.from_arrays([pa.array(numbers, pa.int64()), pa.array(texts, pa.binary())], ["line", "bytes"])
 
         try:
-            with open(path, "rb") as raw:
+            with fsspec.open(path, "rb") as raw:  # a path or a URI (file://, hdfs://, s3a://)
                 stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
                 for number, text in enumerate(stream, start=1):
                     numbers.append(number)

@@ -12,6 +12,7 @@ import random
 import sys
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from shopflow_assets.engines.duckdb.loader import REQUIRED_COLUMNS
 from shopflow_assets.defs.ingest.landing_zone import SUCCESS_MARKER
@@ -127,6 +128,14 @@ def write_day(landing_dir: Path, day: dt.date, orders: int, rng: random.Random) 
     return directory
 
 
+def local_folder(location: str) -> Path | None:
+    """A landing zone's local folder: its path, or a file:// URI's; None for other file systems."""
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    return None if "://" in location else Path(location)
+
+
 def sample_data_main(argv: list[str] | None = None) -> int:
     settings = read_settings()
     parser = argparse.ArgumentParser(
@@ -136,12 +145,18 @@ def sample_data_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1), help="first day (YYYY-MM-DD)")
     parser.add_argument("--days", type=int, default=3, help="number of days (default 3)")
     parser.add_argument("--orders-per-day", type=int, default=200, help="orders per day (default 200)")
-    parser.add_argument("--landing-dir", type=Path, default=settings.landing_dir, help="default: SHOPFLOW_LANDING_DIR")
+    parser.add_argument("--landing-dir", type=Path, default=None, help="a local folder; default: SHOPFLOW_LANDING_DIR")
     parser.add_argument("--seed", type=int, default=20240101, help="random seed, for repeatable exports")
     args = parser.parse_args(argv)
+    landing_dir = args.landing_dir or local_folder(settings.landing_dir)
+    if landing_dir is None:
+        parser.error(
+            f"SHOPFLOW_LANDING_DIR={settings.landing_dir} is not a local folder: write the exports to one "
+            "with --landing-dir, then copy them to the landing zone"
+        )
     rng = random.Random(args.seed)
     for i in range(args.days):
-        directory = write_day(args.landing_dir, args.start + dt.timedelta(days=i), args.orders_per_day, rng)
+        directory = write_day(landing_dir, args.start + dt.timedelta(days=i), args.orders_per_day, rng)
         print(f"wrote {directory}")
     return 0
 

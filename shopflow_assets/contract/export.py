@@ -1,6 +1,6 @@
 """The export contract (docs/contract.md "The export"), written once and rendered for each SQL dialect.
 
-Pure Python with no imports beyond the standard library: the DuckDB ingest (engines/duckdb/loader.py) and
+Pure Python with no imports beyond the standard library (and fsspec for a file given as a URI): the DuckDB ingest (engines/duckdb/loader.py) and
 the Spark ingest (shopflow_jobs/spark_ingest.py, which runs outside the code location) both render
 their checks from the tables below, so the two engines cannot drift apart without the parity test
 saying so.
@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from shopflow_assets.contract.landing import shown_name
+from shopflow_assets.contract.landing import is_uri, shown_name
 
 REQUIRED_COLUMNS = (
     "order_id",
@@ -247,15 +247,27 @@ HEADER_BYTES = 1024 * 1024  # a first line longer than this is not a header
 
 def read_header(path: str, is_gzip: bool, display: str) -> list[str]:
     """The column names in a file's first line, as written (a byte-order mark and CR removed).
-    Only that line is read: an engine's CSV sniffer would read on through a file of junk."""
+    Only that line is read: an engine's CSV sniffer would read on through a file of junk. A URI
+    (a landing zone on HDFS or an object store) is opened through fsspec."""
     try:
-        with open(path, "rb") as raw:
+        with (open_uri(path) if is_uri(path) else open(path, "rb")) as raw:
             stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
             first = stream.readline(HEADER_BYTES)
     except (OSError, EOFError, zlib.error) as error:
         raise BadExportError(f"{display}: the file is corrupt: {error}. Re-export the file, then re-run the day.") from None
+    return header_names(first, display)
+
+
+def open_uri(uri: str):
+    import fsspec
+
+    return fsspec.open(uri, "rb").open()
+
+
+def header_names(first: bytes | None, display: str) -> list[str]:
+    """The column names in a file's first line as read (bytes; None for an empty file)."""
     try:
-        text = first.decode("utf-8").lstrip("\ufeff").rstrip("\n").rstrip("\r")
+        text = (first or b"").decode("utf-8").lstrip("\ufeff").rstrip("\n").rstrip("\r")
     except UnicodeDecodeError as error:
         raise BadExportError(f"{display}: cannot read the CSV header: {error}") from None
     if not text.strip():

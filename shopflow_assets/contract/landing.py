@@ -1,9 +1,13 @@
 """The landing zone's rules: which folders are days, which entries of a day are its export files,
 and what identifies one finished export. Written once, for every engine.
 
-Pure standard library (the Spark ingest imports it outside the code location), and metadata only:
-nothing here opens an export file. A day's folder is read with one `scandir` and `lstat`s, so a
-symbolic link is never followed to decide what it is, and a FIFO, socket or device is never opened.
+Metadata only: nothing here opens an export file. The landing zone is a local folder (a path) or,
+with the Spark engine, a URI (`file://`, `hdfs://`, `s3a://`, ...). A local folder's day is read with
+one `scandir` and `lstat`s, so a symbolic link is never followed to decide what it is, and a FIFO,
+socket or device is never opened. A URI's day is listed through fsspec (imported only then), the
+file system library that reaches the storage the Spark executors read: one listing, whose entries
+say their kind, size and modification time; a link there is never followed. The standard library
+otherwise (the Spark ingest imports this outside the code location).
 
 The rules (docs in the README's "The export and the landing zone"):
 - A day is a folder `orders/dt=YYYY-MM-DD` of a real date, written exactly so. Anything else under
@@ -13,8 +17,9 @@ The rules (docs in the README's "The export and the landing zone"):
 - Names starting with `.` or `_` (other than `_SUCCESS`) are the writers' own (temporary files,
   checksums, `_temporary/`): ignored.
 - Every other entry must be an export file: a regular file whose name ends in `.csv` or `.csv.gz`,
-  in any case. A symbolic link counts as what it points to, if that lies inside the landing zone;
-  a link out of the landing zone is never followed. Anything else (another suffix, a folder, a
+  in any case. In a local folder a symbolic link counts as what it points to, if that lies inside
+  the landing zone; a link out of the landing zone is never followed; in a landing zone given as a
+  URI no link is followed. Anything else (another suffix, a folder, a
   FIFO, socket or device, a link out) fails the day, named; so does a day without an export file.
 - A file's name is a name, never a pattern: the engines read exactly the path listed here.
 """
@@ -23,16 +28,40 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 SUCCESS_MARKER = "_SUCCESS"
 EXPORT_SUFFIXES = (".csv", ".csv.gz")
 ORDERS_FOLDER = "orders"
 DAY_FOLDER = re.compile(r"dt=([0-9]{4}-[0-9]{2}-[0-9]{2})")
+# What of an fsspec listing entry identifies one version of a file, across file systems: a
+# rewrite changes at least one (local: ctime and inode too; object stores: ETag or generation).
+IDENTITY_KEYS = ("type", "size", "mtime", "created", "ino", "LastModified", "ETag", "VersionId",
+                 "last_modified", "updated", "generation", "etag", "md5Hash")
+# Where an fsspec entry says when it was last written (the first one present).
+MODIFIED_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+
+
+def is_uri(location: str) -> bool:
+    """A landing zone or file given as a URI (scheme://...), listed through fsspec."""
+    return "://" in location
+
+
+def join(location: str, *names: str) -> str:
+    """`names` under a folder given as a path or a URI (a URI always joins with "/")."""
+    return "/".join([location.rstrip("/"), *names]) if is_uri(location) else os.path.join(location, *names)
+
+
+def filesystem(location: str):
+    """(fsspec file system, path on it) of a URI. HDFS and object stores need their fsspec package
+    (pyarrow's libhdfs, s3fs, ...) where this runs."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(location)
 
 
 def day_of_folder(name: str) -> dt.date | None:
@@ -107,8 +136,41 @@ class _Scan:
     files: list[ExportFile] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     digest_parts: list[str] = field(default_factory=list)
-    marker: os.stat_result | None = None
-    mtimes: dict[str, int] = field(default_factory=dict)
+    marker: bool = False
+    marker_mtime: int | None = None  # ns; None where the file system does not say
+    mtimes: dict[str, int | None] = field(default_factory=dict)
+
+    def add_file(self, shown: str, name: str, read_path: str, size: int, mtime: int | None) -> None:
+        """A regular file of the day: an export file if its name says so; else a problem."""
+        if not is_export_name(name):
+            self.problems.append(f"{shown} is not an export file (names end in .csv or .csv.gz)")
+        elif shown_name(name) != name:
+            self.problems.append(f"{shown}: the name is not printable UTF-8; rename the file")
+        else:
+            self.files.append(ExportFile(name=name, path=read_path, size=size))
+            self.mtimes[name] = mtime
+
+    def day_folder(self, directory: str, display: str) -> DayFolder:
+        """What the look found: finished once the marker is there and no export file is newer."""
+        if not self.marker:
+            return DayFolder(path=directory, files=tuple(self.files), problems=tuple(self.problems))
+        if not self.files and not self.problems:
+            self.problems.append(
+                f"{display} has {SUCCESS_MARKER} but no export file (an empty day is exported as a "
+                "header-only .csv file)"
+            )
+        marked = self.marker_mtime
+        newer = tuple(
+            n for n, mtime in self.mtimes.items() if marked is not None and mtime is not None and mtime > marked
+        )
+        return DayFolder(
+            path=directory,
+            marker=True,
+            files=tuple(self.files),
+            problems=tuple(self.problems),
+            newer_than_marker=newer,
+            fingerprint=None if newer else _fingerprint(self.digest_parts),
+        )
 
 
 def _inside(root_real: str, path_real: str) -> bool:
@@ -144,7 +206,13 @@ def resolve_inside(landing_root: str, path: str) -> str | None:
 def scan_day(landing_root: str, directory: str, display: str | None = None) -> DayFolder:
     """One look at a day folder (see the module's rules). `display`: how problems name the folder
     (default: its name, e.g. dt=2024-03-01)."""
-    display = display or os.path.basename(directory.rstrip(os.sep))
+    display = display or directory.rstrip("/" + os.sep).rsplit("/", 1)[-1]
+    if is_uri(landing_root):
+        return _scan_uri(directory, display)
+    return _scan_local(landing_root, directory, display)
+
+
+def _scan_local(landing_root: str, directory: str, display: str) -> DayFolder:
     root_real = os.path.realpath(landing_root)
     folder_real = os.path.realpath(directory)
     if not _inside(root_real, folder_real):
@@ -174,7 +242,7 @@ def scan_day(landing_root: str, directory: str, display: str | None = None) -> D
         shown = f"{display}/{shown_name(name)}"
         if name == SUCCESS_MARKER:
             if stat.S_ISREG(st.st_mode):
-                scan.marker = st
+                scan.marker, scan.marker_mtime = True, st.st_mtime_ns
                 scan.digest_parts.append(f"{SUCCESS_MARKER}:{_identity(st)}")
             else:
                 scan.problems.append(f"{shown} is {_kind(st.st_mode)}, not an empty marker file")
@@ -200,30 +268,71 @@ def scan_day(landing_root: str, directory: str, display: str | None = None) -> D
             link = " (through a symbolic link)" if read_path != entry.path else ""
             scan.problems.append(f"{shown} is {what}{link}, not an export file: not opened")
             continue
-        if not is_export_name(name):
-            scan.problems.append(f"{shown} is not an export file (names end in .csv or .csv.gz)")
+        scan.add_file(shown, name, read_path, target_st.st_size, target_st.st_mtime_ns)
+    return scan.day_folder(directory, display)
+
+
+def list_uri(folder: str) -> list[tuple[str, dict]] | None:
+    """(name, fsspec entry) of everything in a folder given as a URI, by name; None if there is no
+    such folder."""
+    fs, path = filesystem(folder)
+    try:
+        if fs.info(path)["type"] != "directory":
+            return None
+        entries = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    named = [
+        (str(info["name"]).rstrip("/").rsplit("/", 1)[-1], info)
+        for info in entries
+        if str(info["name"]).rstrip("/") != path.rstrip("/")  # an object store's placeholder of the folder
+    ]
+    return sorted(named, key=lambda entry: entry[0])
+
+
+def _scan_uri(directory: str, display: str) -> DayFolder:
+    """A day folder of a landing zone given as a URI: one fsspec listing."""
+    entries = list_uri(directory)
+    if entries is None:
+        return DayFolder(path=directory, missing=True)
+    scan = _Scan()
+    for name, info in entries:
+        if is_writers_own(name):
             continue
-        if shown_name(name) != name:
-            scan.problems.append(f"{shown}: the name is not printable UTF-8; rename the file")
+        shown = f"{display}/{shown_name(name)}"
+        identity = json.dumps({k: str(info[k]) for k in IDENTITY_KEYS if k in info}, sort_keys=True)
+        scan.digest_parts.append(f"{name}:{identity}")
+        if info.get("islink"):
+            scan.problems.append(f"{shown} is a symbolic link: a landing zone given as a URI follows none")
             continue
-        scan.files.append(ExportFile(name=name, path=read_path, size=target_st.st_size))
-        scan.mtimes[name] = target_st.st_mtime_ns
-    if scan.marker is None:
-        return DayFolder(path=directory, files=tuple(scan.files), problems=tuple(scan.problems))
-    if not scan.files and not scan.problems:
-        scan.problems.append(
-            f"{display} has {SUCCESS_MARKER} but no export file (an empty day is exported as a "
-            "header-only .csv file)"
-        )
-    newer = tuple(n for n, mtime in scan.mtimes.items() if mtime > scan.marker.st_mtime_ns)
-    return DayFolder(
-        path=directory,
-        marker=True,
-        files=tuple(scan.files),
-        problems=tuple(scan.problems),
-        newer_than_marker=newer,
-        fingerprint=None if newer else _fingerprint(scan.digest_parts),
-    )
+        kind = {"directory": "a folder", "file": None}.get(info.get("type"), "not a regular file")
+        if name == SUCCESS_MARKER:
+            if kind is None:
+                scan.marker, scan.marker_mtime = True, _modified_ns(info)
+            else:
+                scan.problems.append(f"{shown} is {kind}, not an empty marker file")
+            continue
+        if kind is not None:
+            scan.problems.append(f"{shown} is {kind}, not an export file: not opened")
+            continue
+        scan.add_file(shown, name, join(directory, name), int(info.get("size") or 0), _modified_ns(info))
+    return scan.day_folder(directory, display)
+
+
+def _modified_ns(info: dict) -> int | None:
+    """When an fsspec entry was last written, in ns since the epoch; None if it does not say."""
+    for key in MODIFIED_KEYS:
+        value = info.get(key)
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(value, dt.datetime):
+            value = value.replace(tzinfo=value.tzinfo or dt.timezone.utc).timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value * 1_000_000_000)
+    return None
 
 
 @dataclass(frozen=True)
@@ -231,19 +340,19 @@ class DayExport:
     """A finished export of one day: its files, sorted by name, and the fingerprint they had."""
 
     day: dt.date
-    directory: Path
+    directory: str  # a path, or a URI
     files: tuple[ExportFile, ...]
     fingerprint: str
     landing_root: str
 
     @property
     def folder(self) -> str:
-        return self.directory.name
+        return day_folder(self.day)
 
     def changed(self) -> bool:
         """Whether the day's folder now holds another export than the one listed (a re-export
         landed, or is being written): what was read from it must not be published."""
-        return scan_day(self.landing_root, str(self.directory)).fingerprint != self.fingerprint
+        return scan_day(self.landing_root, self.directory).fingerprint != self.fingerprint
 
 
 def _fingerprint(parts: list[str]) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from dagster import ConfigurableResource
@@ -21,6 +20,10 @@ from shopflow_assets.contract.landing import (
     ExportFile,
     day_folder,
     day_of_folder,
+    filesystem,
+    is_uri,
+    join,
+    list_uri,
     scan_day,
     shown_name,
 )
@@ -51,49 +54,67 @@ class FolderUnderOrders:
 
 
 class LandingZone(ConfigurableResource):
-    """Where the order system drops its daily exports (`SHOPFLOW_LANDING_DIR`)."""
+    """Where the order system drops its daily exports (`SHOPFLOW_LANDING_DIR`): a local folder, or
+    with the Spark engine a URI that fsspec lists and the Spark executors read (file://, hdfs://,
+    s3a://). Only metadata is looked at here; no export file is opened."""
 
-    root: str = Field(description="Absolute path of the landing zone root.")
+    root: str = Field(description="The landing zone's root: an absolute path, or a URI (Spark engine).")
 
     @property
-    def orders_dir(self) -> Path:
-        return Path(self.root) / ORDERS_FOLDER
+    def orders_dir(self) -> str:
+        return join(self.root, ORDERS_FOLDER)
 
-    def day_dir(self, day: dt.date) -> Path:
-        return self.orders_dir / day_folder(day)
+    def day_dir(self, day: dt.date) -> str:
+        return join(self.orders_dir, day_folder(day))
+
+    def marker(self, day: dt.date) -> str:
+        return join(self.day_dir(day), SUCCESS_MARKER)
+
+    def exists(self, location: str) -> bool:
+        if is_uri(location):
+            fs, path = filesystem(location)
+            return fs.exists(path)
+        return os.path.exists(location)
+
+    def _orders_entries(self) -> list[tuple[str, bool, bool]]:
+        """(name, is a folder, is a link) of every entry of `orders/`, by name."""
+        if is_uri(self.orders_dir):
+            entries = list_uri(self.orders_dir) or []
+            return [(name, info.get("type") == "directory", bool(info.get("islink"))) for name, info in entries]
+        try:
+            entries = list(os.scandir(self.orders_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in entries)
 
     def scan_orders(self) -> Iterator[FolderUnderOrders]:
         """Every entry of `orders/`, by name: each day folder looked at once (metadata only)."""
-        try:
-            entries = sorted(os.scandir(self.orders_dir), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            day = day_of_folder(entry.name)
-            if day is None or not (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
-                yield FolderUnderOrders(shown_name(entry.name), None)
+        for name, is_folder, is_link in self._orders_entries():
+            day = day_of_folder(name)
+            if day is None or not (is_folder or is_link):
+                yield FolderUnderOrders(shown_name(name), None)
                 continue
-            folder = scan_day(self.root, entry.path)
+            folder = scan_day(self.root, join(self.orders_dir, name))
             if folder.missing:  # a link to nothing or to a file, or removed meanwhile
-                if entry.is_symlink():
-                    yield FolderUnderOrders(shown_name(entry.name), None)
+                if is_link:
+                    yield FolderUnderOrders(shown_name(name), None)
                 continue
-            yield FolderUnderOrders(entry.name, day, folder)
+            yield FolderUnderOrders(name, day, folder)
 
     def export_fingerprint(self, day: dt.date) -> str | None:
         """The fingerprint of `day`'s finished export; None while it is not finished."""
-        return scan_day(self.root, str(self.day_dir(day))).fingerprint
+        return scan_day(self.root, self.day_dir(day)).fingerprint
 
     def finished_export(self, day: dt.date) -> DayExport:
         """The files of `day`'s export. ExportNotReady while it is still being written;
         LandingRuleError (permanent) when its folder holds what the rules refuse."""
-        if not Path(self.root).is_dir():
+        if not self.exists(self.root):
             raise LandingZoneMissing(
                 f"The landing zone {self.root} does not exist: point SHOPFLOW_LANDING_DIR at the "
                 "export landing zone (or create it)."
             )
         directory = self.day_dir(day)
-        folder = scan_day(self.root, str(directory))
+        folder = scan_day(self.root, directory)
         if folder.problems and folder.marker:
             raise LandingRuleError(
                 f"The export of {day} breaks the landing-zone rules: {'; '.join(folder.problems)}. "
@@ -101,7 +122,7 @@ class LandingZone(ConfigurableResource):
             )
         if not folder.marker:
             raise ExportNotReady(
-                f"The export of {day} has not finished: {directory / SUCCESS_MARKER} is missing. "
+                f"The export of {day} has not finished: {self.marker(day)} is missing. "
                 "It is ingested once the order system writes it."
             )
         if folder.newer_than_marker:

@@ -78,7 +78,7 @@ def push_export(day: dt.date, *, ui_url: str, landing: LandingZone, start_date: 
     fingerprint = landing.export_fingerprint(day)
     if fingerprint is None:
         raise PushError(
-            f"The export of {day} has not finished: {landing.day_dir(day)}/_SUCCESS is missing. "
+            f"The export of {day} has not finished: {landing.marker(day)} is missing. "
             "Push after writing it."
         )
     export = export_tag_value(day.isoformat(), fingerprint)
