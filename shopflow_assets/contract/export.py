@@ -1,9 +1,9 @@
 """The export contract (docs/contract.md "The export"), written once and rendered for each SQL dialect.
 
-Pure Python with no imports beyond the standard library (and fsspec for a file given as a URI): the DuckDB ingest (engines/duckdb/loader.py) and
-the Spark ingest (shopflow_jobs/spark_ingest.py, which runs outside the code location) both render
-their checks from the tables below, so the two engines cannot drift apart without the parity test
-saying so.
+Pure Python with no imports beyond the standard library (and fsspec, for a file given as a URI):
+the DuckDB ingest (engines/duckdb/loader.py) and the Spark ingest (shopflow_jobs/spark_ingest.py,
+which runs outside the code location) both render their checks from the tables below, so the two
+engines cannot drift apart without the parity test saying so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from shopflow_assets.contract.landing import is_uri, shown_name
+from shopflow_assets.contract.landing import filesystem, is_uri, shown_name
 
 REQUIRED_COLUMNS = (
     "order_id",
@@ -259,9 +259,8 @@ def read_header(path: str, is_gzip: bool, display: str) -> list[str]:
 
 
 def open_uri(uri: str):
-    import fsspec
-
-    return fsspec.open(uri, "rb").open()
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
 
 
 def header_names(first: bytes | None, display: str) -> list[str]:

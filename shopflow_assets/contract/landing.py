@@ -290,6 +290,26 @@ def list_uri(folder: str) -> list[tuple[str, dict]] | None:
     return sorted(named, key=lambda entry: entry[0])
 
 
+def folder_entries(folder: str) -> list[tuple[str, bool, bool]]:
+    """(name, is a folder, is a link) of every entry of a folder given as a path or a URI, by
+    name; none if there is no such folder. A link is not followed to say what it is."""
+    if is_uri(folder):
+        return [(name, info.get("type") == "directory", bool(info.get("islink"))) for name, info in list_uri(folder) or []]
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in entries)
+
+
+def exists(location: str) -> bool:
+    """Whether a path or a URI names something."""
+    if is_uri(location):
+        fs, path = filesystem(location)
+        return fs.exists(path)
+    return os.path.exists(location)
+
+
 def _scan_uri(directory: str, display: str) -> DayFolder:
     """A day folder of a landing zone given as a URI: one fsspec listing."""
     entries = list_uri(directory)

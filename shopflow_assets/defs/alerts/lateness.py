@@ -22,6 +22,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from shopflow_assets.contract.asset_keys import FACT_SALES, RAW_ORDERS
 from shopflow_assets.defs.alerts.messages import Mrkdwn, late_message, literal, plain, recovered_message, run_url
 from shopflow_assets.defs.ingest.checks import held_back_days
+from shopflow_assets.contract.landing import exists
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 from shopflow_assets.core.partitions import last_complete_day
 from shopflow_assets.core.run_window import days_of_run_tags
@@ -100,7 +101,7 @@ def why_missing(
     failed = _runs_for(instance, day, [DagsterRunStatus.FAILURE], limit=20)
     if materialized_at(instance, RAW_ORDERS, day) is None:
         marker = landing.marker(day)
-        if not landing.exists(marker):
+        if not exists(marker):
             return Mrkdwn(f"export not landed: {literal(marker)} does not exist yet")
         if failed:
             return Mrkdwn(f"ingest failed: {run_url(ui_url, failed[0].run_id)}")

@@ -4,7 +4,6 @@ What counts as a day and as an export file is shopflow_assets/contract/landing.p
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,10 +19,9 @@ from shopflow_assets.contract.landing import (
     ExportFile,
     day_folder,
     day_of_folder,
-    filesystem,
-    is_uri,
+    exists,
+    folder_entries,
     join,
-    list_uri,
     scan_day,
     shown_name,
 )
@@ -70,26 +68,9 @@ class LandingZone(ConfigurableResource):
     def marker(self, day: dt.date) -> str:
         return join(self.day_dir(day), SUCCESS_MARKER)
 
-    def exists(self, location: str) -> bool:
-        if is_uri(location):
-            fs, path = filesystem(location)
-            return fs.exists(path)
-        return os.path.exists(location)
-
-    def _orders_entries(self) -> list[tuple[str, bool, bool]]:
-        """(name, is a folder, is a link) of every entry of `orders/`, by name."""
-        if is_uri(self.orders_dir):
-            entries = list_uri(self.orders_dir) or []
-            return [(name, info.get("type") == "directory", bool(info.get("islink"))) for name, info in entries]
-        try:
-            entries = list(os.scandir(self.orders_dir))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in entries)
-
     def scan_orders(self) -> Iterator[FolderUnderOrders]:
         """Every entry of `orders/`, by name: each day folder looked at once (metadata only)."""
-        for name, is_folder, is_link in self._orders_entries():
+        for name, is_folder, is_link in folder_entries(self.orders_dir):
             day = day_of_folder(name)
             if day is None or not (is_folder or is_link):
                 yield FolderUnderOrders(shown_name(name), None)
@@ -108,7 +89,7 @@ class LandingZone(ConfigurableResource):
     def finished_export(self, day: dt.date) -> DayExport:
         """The files of `day`'s export. ExportNotReady while it is still being written;
         LandingRuleError (permanent) when its folder holds what the rules refuse."""
-        if not self.exists(self.root):
+        if not exists(self.root):
             raise LandingZoneMissing(
                 f"The landing zone {self.root} does not exist: point SHOPFLOW_LANDING_DIR at the "
                 "export landing zone (or create it)."
