@@ -183,13 +183,15 @@ def staged_parquet(warehouse: Path, ignore: str = "") -> list[str]:
     """Parquet files (finished or being written) in the staging folders of runs, but `ignore`'s.
     os.walk, not Path.glob: the ingest removes staging folders (a dead run's among them) while this
     looks, and glob raises on a folder that vanishes under it where os.walk passes over it."""
+    from shopflow_jobs.spark_ingest import staged_table  # the job's layout (imports pyspark)
+
     found = []
     try:
         runs = [run.path for run in os.scandir(warehouse / "_staging") if run.name != ignore]
     except FileNotFoundError:
         runs = []
     for run in runs:
-        for folder, _, files in os.walk(Path(run, "orders")):
+        for folder, _, files in os.walk(staged_table(run, "orders")):
             found += [str(Path(folder, f).relative_to(warehouse)) for f in files if f.endswith(".parquet")]
     return sorted(found)
 

@@ -51,11 +51,18 @@ from .spark_helpers import catalog_at, live_folders
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_catalog")]
 
 
+def staged_folder(warehouse: Path, run_id: str, table: str = "orders") -> Path:
+    """Where `run_id` stages the day folders of `table` (the job's layout)."""
+    from shopflow_jobs.spark_ingest import staged_table  # imports pyspark
+
+    return Path(staged_table(str(warehouse / "_staging" / run_id), table))
+
+
 def staged_days(warehouse: Path, run_id: str, table: str = "orders") -> list[str]:
     """The day folders of `table` that `run_id` has committed to its staging folder."""
-    folder = warehouse / "_staging" / run_id / table
+    folder = staged_folder(warehouse, run_id, table)
     try:
-        if (folder / "_temporary").exists():
+        if (folder.parent / "_temporary").exists() or (folder / "_temporary").exists():
             return []  # still committing
         return sorted(d.name for d in folder.iterdir() if d.name.startswith("dt=") and any(d.glob("*.parquet")))
     except FileNotFoundError:
@@ -155,7 +162,7 @@ def test_a_staged_day_missing_at_publish_fails_the_attempt_instead_of_emptying_t
         def remove_the_staged_day_then_look_at_the_retry():
             run = wait_until(lambda: instance.get_runs(limit=1), "the run")[0]
             wait_until(lambda: staged_days(warehouse, run.run_id), "the staged orders", interval=0.02)
-            shutil.rmtree(warehouse / "_staging" / run.run_id / "orders" / f"dt={D}")
+            shutil.rmtree(staged_folder(warehouse, run.run_id) / f"dt={D}")
             wait_until(
                 lambda: instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY),
                 "the attempt to fail",

@@ -21,9 +21,10 @@ The flow for a set of days:
    parsed or anything written); then the lines of records that hold quoted newlines are joined,
    across splits too;
 4. split each record into fields, keeping malformed ones (too few or too many fields, invalid
-   UTF-8) with their reason, then check every rule in one pass;
-5. count per file and rule; refuse a file whose share of rejected lines is above
-   SHOPFLOW_MAX_REJECTED_SHARE; write valid and rejected rows into a staging folder of this run;
+   UTF-8) with their reason, check every rule and write every row into a staging folder of this
+   run, all in one pass over the data (see staged_rows);
+5. count per file and rule from the staged rows; refuse a file whose share of rejected lines is
+   above SHOPFLOW_MAX_REJECTED_SHARE; rewrite the (few) rejected rows as their table's columns;
 6. if every day's folder still holds the export that was listed, every day with rows has its
    staged rows, and every day's lease is still this ingest's: publish, per day and table, by moving
    the staged rows to a new version folder of the day and swapping the partition's location in the
@@ -65,7 +66,6 @@ from functools import reduce
 from typing import Any, Iterator
 
 from dagster_pipes import open_dagster_pipes
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -116,6 +116,8 @@ LEADING_QUOTED_FIELD = f'(?:^|(?<=,)){QUOTED_FIELD}'
 HADOOP_CODEC_SUFFIXES = (".gz", ".bz2", ".deflate", ".snappy", ".lz4", ".zst", ".lzo", ".br")
 # How a file read in Python on an executor names itself in a task's error (see python_file_lines).
 CORRUPT_FILE_MARK = "shopflow-unreadable-file-"
+# The reason of a blank line's record: no table holds it, and it is no data line of its file.
+BLANK_LINE = "blank line"
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
         watchdog.start()
         try:
             log.info(f"Reading {len(files)} file(s) of {len(days)} day(s) {days[0]}..{days[-1]}")
-            checked, added = None, provenance(files, run_id, loaded_at)
+            added = provenance(files, run_id, loaded_at)
             try:
                 splits = split_lines(spark, files)
                 multiline = sum(s.multiline for s in splits.values())
@@ -253,17 +255,12 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                         DataFrame.unionByName,
                         [parsed_records(spark, f, headers[f.idx], splits[f.idx]) for f in files],
                     )
-                    checked = checked_rows(parsed, added["dt"]).persist(StorageLevel.DISK_ONLY)
-                counts = file_counts(checked)
-                refuse_mostly_rejected(files, counts, max_share)  # before anything is written
-                if checked is not None:
-                    write_staged(valid_rows(checked, added), f"{stage}/orders")
-                    write_staged(rejected_rows(checked, added), f"{stage}/orders_rejected")
+                    write_staged(staged_rows(checked_rows(parsed, added["dt"]), added), f"{stage}/{CHECKED}", "kind")
+                counts = staged_counts(spark, fs, stage, files, splits)
+                refuse_mostly_rejected(files, counts, max_share)  # before anything is published
+                stage_rejected_rows(spark, fs, stage)
             except Exception as error:
                 raise bad_file_error(error, files) or error
-            finally:
-                if checked is not None:
-                    checked.unpersist()
             watchdog.check()
             summary = day_summary(days, files, counts)
             check_unchanged(exports)
@@ -293,7 +290,23 @@ def start_session(extras: dict[str, Any], name: str) -> SparkSession:
         spark.sparkContext.setLogLevel("WARN")
     for key, value in extras.get("session_conf", {}).items():
         spark.conf.set(key, value)
+    # The check is one wide projection: fused into one generated method per stage (whole-stage
+    # code generation) it grows past the size the JVM compiles, and would run interpreted, unless
+    # the JVMs that run the tasks were started with -XX:-DontCompileHugeMethods (the cluster's
+    # setting, docs/spark.md). Without it each operator's own code is generated instead.
+    spark.conf.set("spark.sql.codegen.wholeStage", str(compiles_huge_methods(spark)).lower())
     return spark
+
+
+HUGE_METHODS_COMPILED = "-XX:-DontCompileHugeMethods"
+
+
+def compiles_huge_methods(spark: SparkSession) -> bool:
+    """Whether the JVMs that run this session's tasks compile huge methods: the executors, or in
+    local mode the driver."""
+    local = str(spark.conf.get("spark.master", "")).startswith("local")
+    options = spark.conf.get("spark.driver.extraJavaOptions" if local else "spark.executor.extraJavaOptions", "") or ""
+    return HUGE_METHODS_COMPILED in options.split()
 
 
 @contextlib.contextmanager
@@ -506,6 +519,7 @@ class FileSplits:
     lines_before: dict[int, int]
     multiline: bool
     header: bytes | None = None  # the file's first line (at most HEADER_BYTES); None: an empty file
+    lines: int = 0  # the file's physical lines
 
 
 def numbered_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
@@ -557,7 +571,7 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
         for r in mine:
             before[r.split] = total
             total += r.lines
-        splits[f.idx] = FileSplits(before, any(r.opens for r in mine), bytes(mine[0].first) if mine else None)
+        splits[f.idx] = FileSplits(before, any(r.opens for r in mine), bytes(mine[0].first) if mine else None, total)
     return splits
 
 
@@ -612,10 +626,11 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
 
 def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
     """(line, record, lines) of the file's data records: a record's line is its first physical line,
-    `lines` how many physical lines it spans."""
+    `lines` how many physical lines it spans. A blank line is a record of its own (it is counted,
+    then dropped)."""
     lines = file_lines(spark, f, splits).where(F.col("line") > 1)
     if not splits.multiline:
-        return lines.where(F.col("value") != "").select("line", F.col("value").alias("record"), F.lit(1).alias("lines"))
+        return lines.select("line", F.col("value").alias("record"), F.lit(1).alias("lines"))
     # Whether a line starts a record depends on the lines before it: a CSV state machine with two
     # states (outside or inside a quoted field) whose transition per line is known from the line
     # alone (two regular expressions). Most lines keep the state (no quote); a line with a quoted
@@ -659,7 +674,7 @@ def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame
         F.when(F.col("raw_record").endswith("\r"), F.expr("substring(raw_record, 1, length(raw_record) - 1)"))
         .otherwise(F.col("raw_record")).alias("record"),
     )
-    return joined.where(F.col("record") != "").select(F.col("record_line").alias("line"), "record", "lines")
+    return joined.select(F.col("record_line").alias("line"), "record", "lines")
 
 
 def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits: FileSplits) -> DataFrame:
@@ -681,7 +696,8 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits
     count = F.col("_field_count")
     missing_from = F.element_at(F.array(*[F.lit(name) for name in names]), count + 1)
     malformed = (
-        F.when(~F.expr("is_valid_utf8(record)"), F.concat(F.lit(f"{MALFORMED_ROW}: invalid encoding (from column "), first_invalid, F.lit(")")))
+        F.when(record == "", F.lit(BLANK_LINE))
+        .when(~F.expr("is_valid_utf8(record)"), F.concat(F.lit(f"{MALFORMED_ROW}: invalid encoding (from column "), first_invalid, F.lit(")")))
         .when(count < n, F.concat(F.lit(f"{MALFORMED_ROW}: missing columns (from column "), missing_from, F.lit(")")))
         .when(count > n, F.lit(f"{MALFORMED_ROW}: too many columns"))
     )
@@ -740,22 +756,105 @@ def provenance(files: list[ExportFile], run_id: str, loaded_at: dt.datetime) -> 
     }
 
 
-def valid_rows(checked: DataFrame, added: dict[str, Any]) -> DataFrame:
-    # status is published as written (it matched one of the statuses exactly); the rest typed
-    typed = {c: F.col("status" if c == "status" else f"t_{c}").alias(c) for c in REQUIRED_COLUMNS}
-    columns = {**typed, **added}
-    return checked.where(F.col("reason") == "").select(*[columns.get(c, c) for c in column_names("raw.orders")])
-
-
-def rejected_rows(checked: DataFrame, added: dict[str, Any]) -> DataFrame:
-    return checked.where(F.col("reason") != "").select(*[added.get(c, c) for c in column_names("raw.orders_rejected")])
-
-
 # --- 4. staging and 5. publishing -------------------------------------------------------------
 
+# The checked rows are written once, in one pass over the data, as raw.orders' columns in a folder
+# per kind: `valid` (a valid row, as it is published), `rejected` (its reason, line count and
+# values as written go as JSON in `status`, raw.orders' one free-text column) and `blank` (a blank
+# line: no table holds it; it is staged to be counted). One pass that writes both tables, with no
+# cache of the checked rows, is what keeps the ingest near bare Spark; the rejected rows, few in
+# any export worth loading, are then rewritten as raw.orders_rejected's columns.
+CHECKED = "checked"
+REJECTION = f"reason STRING, lines BIGINT, {', '.join(f'{c} STRING' for c in REQUIRED_COLUMNS)}, _raw_line STRING"
 
-def write_staged(rows: DataFrame, path: str) -> None:
-    rows.write.mode("overwrite").partitionBy("dt").parquet(path)
+
+def staged_rows(checked: DataFrame, added: dict[str, Any]) -> DataFrame:
+    """Every checked record as raw.orders' columns, with its kind (valid, rejected or blank)."""
+    reason = F.col("reason")
+    kind = F.when(reason == "", "valid").when(reason == BLANK_LINE, "blank").otherwise("rejected")
+    rejection = F.to_json(F.struct(reason, F.col("_lines").alias("lines"), *REQUIRED_COLUMNS, "_raw_line"))
+    columns = {
+        **{c: F.col(f"t_{c}").alias(c) for c in REQUIRED_COLUMNS if c != "status"},
+        # status is published as written (it matched one of the statuses exactly)
+        "status": F.when(reason == "", F.col("status")).when(reason != BLANK_LINE, rejection).alias("status"),
+        **added,
+    }
+    return checked.select(*[columns.get(c, c) for c in column_names("raw.orders")], kind.alias("kind"))
+
+
+def write_staged(rows: DataFrame, path: str, *partitions: str) -> None:
+    rows.write.mode("overwrite").partitionBy(*partitions, "dt").parquet(path)
+
+
+def read_staged(spark: SparkSession, fs: "WarehouseFiles", stage: str, kind: str | None = None) -> DataFrame | None:
+    """The staged rows (of one kind), read by their schema; None when nothing is staged."""
+    path = f"{stage}/{CHECKED}"
+    if not any(name.startswith("kind=") for name in fs.names(path)):
+        return None
+    rows = spark.read.schema(f"{spark_columns('raw.orders')}, kind STRING").option("basePath", path).parquet(path)
+    return rows if kind is None else rows.where(F.col("kind") == kind)
+
+
+def staged_table(stage: str, table: str) -> str:
+    """Where a table's staged rows are, by day (dt=D/): the valid rows as the check wrote them,
+    the rejected ones as stage_rejected_rows rewrote them."""
+    return f"{stage}/{CHECKED}/kind=valid" if table == "orders" else f"{stage}/{table}"
+
+
+def staged_folder(stage: str, table: str, day: str) -> str:
+    return f"{staged_table(stage, table)}/dt={day}"
+
+
+def stage_rejected_rows(spark: SparkSession, fs: "WarehouseFiles", stage: str) -> None:
+    """The staged rejected rows, rewritten as raw.orders_rejected's columns."""
+    rows = read_staged(spark, fs, stage, "rejected")
+    if rows is None:
+        return
+    rejection = F.from_json(F.col("status"), REJECTION)
+    columns = {c: rejection[c].alias(c) for c in ["reason", *REQUIRED_COLUMNS, "_raw_line"]}
+    rejected = rows.select(*[columns.get(c, c) for c in column_names("raw.orders_rejected")])
+    write_staged(rejected, staged_table(stage, "orders_rejected"))
+
+
+def staged_counts(spark: SparkSession, fs: "WarehouseFiles", stage: str, files: list[ExportFile],
+                  splits: dict[int, "FileSplits"]) -> dict[int, FileCount]:
+    """Each file's lines and rows, valid and per reason: one aggregation over the staged rows'
+    small columns (the driver sees one row per file, kind and reason, never an order row). A
+    file's lines are its physical lines but the header and blank lines; a valid row's lines are
+    those no rejected record holds."""
+    counts: dict[int, FileCount] = {}
+    rows = read_staged(spark, fs, stage)
+    if rows is None:
+        return counts
+    rejected = F.col("kind") == "rejected"
+    groups = (
+        rows.groupBy(
+            "kind",
+            F.col("dt").cast("string").alias("day"),
+            "_source_file",
+            F.when(rejected, F.get_json_object("status", "$.reason")).alias("reason"),
+        )
+        .agg(
+            F.count("*").alias("rows"),
+            F.sum(F.when(rejected, F.get_json_object("status", "$.lines").cast("bigint"))).alias("lines"),
+        )
+        .collect()
+    )
+    by_name = {(f.day, f.name): f for f in files}
+    blank: dict[int, int] = {}
+    for g in groups:
+        f = by_name[(g.day, g._source_file)]
+        count = counts.setdefault(f.idx, FileCount())
+        if g.kind == "valid":
+            count.valid += g.rows
+        elif g.kind == "blank":
+            blank[f.idx] = blank.get(f.idx, 0) + g.rows
+        else:
+            count.rejected_lines += g.lines
+            count.rejected[g.reason] = count.rejected.get(g.reason, 0) + g.rows
+    for idx, count in counts.items():
+        count.lines = splits[idx].lines - 1 - blank.get(idx, 0)
+    return counts
 
 
 def bad_file_error(error: Exception, files: list[ExportFile]) -> BadExportError | None:
@@ -773,28 +872,6 @@ def bad_file_error(error: Exception, files: list[ExportFile]) -> BadExportError 
     return BadExportError(
         f"{where}: the file is corrupt: {first_line(error)}. Re-export the file, then re-run the day."
     )
-
-
-def file_counts(checked: DataFrame | None) -> dict[int, FileCount]:
-    """Each file's lines and rows, valid and per reason: one aggregation over the checked rows (the
-    driver sees one row per file and reason, never an order row)."""
-    counts: dict[int, FileCount] = {}
-    if checked is None:
-        return counts
-    groups = (
-        checked.groupBy("_file_idx", "reason")
-        .agg(F.count("*").alias("rows"), F.sum("_lines").alias("lines"), F.max("_source_line").alias("last_line"))
-        .collect()
-    )
-    for g in groups:
-        count = counts.setdefault(g._file_idx, FileCount())
-        count.lines += g.lines
-        if g.reason == "":
-            count.valid += g.rows
-        else:
-            count.rejected_lines += g.lines
-            count.rejected[g.reason] = count.rejected.get(g.reason, 0) + g.rows
-    return counts
 
 
 def refuse_mostly_rejected(files: list[ExportFile], counts: dict[int, FileCount], max_share: float) -> None:
@@ -951,7 +1028,7 @@ class WarehouseFiles:
             f"{table} of {day}"
             for day in days
             for table, rows in (("orders", summary[day]["rows_loaded"]), ("orders_rejected", summary[day]["rows_rejected"]))
-            if rows > 0 and not self.has_parquet(f"{stage}/{table}/dt={day}")
+            if rows > 0 and not self.has_parquet(staged_folder(stage, table, day))
         ]
         if missing:
             raise StagedRowsMissing(
@@ -969,7 +1046,7 @@ class WarehouseFiles:
                 self.check_live(catalog, f"raw.{table}", day, ours, published)
                 if rows > 0:
                     version = version_folder(table_folder, day, lease.name(day))
-                    self.move(f"{stage}/{table}/dt={day}", version)
+                    self.move(staged_folder(stage, table, day), version)
                     self.check_leases(lease, [day], published)
                     self.check_live(catalog, f"raw.{table}", day, ours, published)
                     catalog.publish(f"raw.{table}", day, version)

@@ -219,9 +219,6 @@ class SparkWarehouse(Warehouse):
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             # A big file is read by several tasks (the job numbers each split's lines)
             "spark.sql.files.maxPartitionBytes": str(self.max_split_bytes),
-            # The check is one wide projection; fused into one generated method per stage it grows
-            # past what the JVM compiles and runs interpreted. Each operator's own code stays small.
-            "spark.sql.codegen.wholeStage": "false",
         }
 
     def spark_conf(self) -> dict[str, str]:
@@ -229,6 +226,9 @@ class SparkWarehouse(Warehouse):
         return {
             "spark.cores.max": str(self.cores_max),
             "spark.executor.memory": self.executor_memory,
+            # The check's generated code is compiled, not interpreted (shopflow_jobs/spark_ingest.py)
+            "spark.executor.extraJavaOptions": "-XX:-DontCompileHugeMethods",
+            "spark.driver.extraJavaOptions": "-XX:-DontCompileHugeMethods",  # local mode's tasks
             **self.session_conf(),
             "spark.sql.warehouse.dir": self.warehouse_dir,
             "spark.sql.catalogImplementation": "in-memory",  # the ingest writes paths, not the metastore
