@@ -66,7 +66,7 @@ from functools import reduce
 from typing import Any, Iterator
 
 from dagster_pipes import open_dagster_pipes
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shopflow_assets.contract.export import (
@@ -255,8 +255,11 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                         DataFrame.unionByName,
                         [parsed_records(spark, f, headers[f.idx], splits[f.idx]) for f in files],
                     )
-                    write_staged(staged_rows(checked_rows(parsed, added["dt"]), added), f"{stage}/{CHECKED}", "kind")
-                counts = staged_counts(spark, fs, stage, files, splits)
+                    staged = staged_rows(checked_rows(parsed, added["dt"]), added)
+                    written = Observation("staged")  # the rows of each kind, counted as they are written
+                    kinds = [F.count_if(F.col("kind") == kind).alias(kind) for kind in KINDS]
+                    write_staged(staged.observe(written, *kinds), f"{stage}/{CHECKED}", "kind")
+                counts = staged_counts(spark, fs, stage, files, splits, written.get if files else {})
                 refuse_mostly_rejected(files, counts, max_share)  # before anything is published
                 stage_rejected_rows(spark, fs, stage)
             except Exception as error:
@@ -723,8 +726,8 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits
 
 def checked_rows(parsed: DataFrame, day: Any) -> DataFrame:
     """Every record with every rule it breaks ('' when none), and its values once: typed for a
-    valid row (raw.orders), as written for a rejected one (raw.orders_rejected); what is cached.
-    What is the same for a whole file (its day and name) or run is added after the cache."""
+    valid row (raw.orders), as written for a rejected one (raw.orders_rejected). What is the same
+    for a whole file (its day and name) or run is added by staged_rows."""
     # One match of the row's typed texts first; only a row that fails it is matched column by
     # column (export.SqlDialect.typed_row_match).
     typed = (
@@ -765,6 +768,8 @@ def provenance(files: list[ExportFile], run_id: str, loaded_at: dt.datetime) -> 
 # cache of the checked rows, is what keeps the ingest near bare Spark; the rejected rows, few in
 # any export worth loading, are then rewritten as raw.orders_rejected's columns.
 CHECKED = "checked"
+KINDS = ("valid", "rejected", "blank")
+TABLE_OF_KIND = {"valid": "orders", "rejected": "orders_rejected", "blank": "blank lines"}
 REJECTION = f"reason STRING, lines BIGINT, {', '.join(f'{c} STRING' for c in REQUIRED_COLUMNS)}, _raw_line STRING"
 
 
@@ -817,29 +822,27 @@ def stage_rejected_rows(spark: SparkSession, fs: "WarehouseFiles", stage: str) -
 
 
 def staged_counts(spark: SparkSession, fs: "WarehouseFiles", stage: str, files: list[ExportFile],
-                  splits: dict[int, "FileSplits"]) -> dict[int, FileCount]:
+                  splits: dict[int, "FileSplits"], written: dict[str, int]) -> dict[int, FileCount]:
     """Each file's lines and rows, valid and per reason: one aggregation over the staged rows'
     small columns (the driver sees one row per file, kind and reason, never an order row). A
     file's lines are its physical lines but the header and blank lines; a valid row's lines are
-    those no rejected record holds."""
+    those no rejected record holds. The staged rows must be those `written` (the rows of each
+    kind, as the check wrote them): staged rows removed by another process would otherwise be
+    counted, then published, as rows the export does not have."""
     counts: dict[int, FileCount] = {}
     rows = read_staged(spark, fs, stage)
-    if rows is None:
-        return counts
-    rejected = F.col("kind") == "rejected"
-    groups = (
-        rows.groupBy(
-            "kind",
-            F.col("dt").cast("string").alias("day"),
-            "_source_file",
-            F.when(rejected, F.get_json_object("status", "$.reason")).alias("reason"),
+    groups = [] if rows is None else staged_groups(rows)
+    found = {kind: sum(g.rows for g in groups if g.kind == kind) for kind in KINDS}
+    missing = [
+        f"{TABLE_OF_KIND.get(kind, kind)} ({found[kind]} of {written.get(kind, 0)} rows)"
+        for kind in KINDS
+        if found[kind] != written.get(kind, 0)
+    ]
+    if missing:
+        raise StagedRowsMissing(
+            f"the staged rows of {', '.join(missing)} are missing before they were counted (removed by "
+            "another process?): nothing was published"
         )
-        .agg(
-            F.count("*").alias("rows"),
-            F.sum(F.when(rejected, F.get_json_object("status", "$.lines").cast("bigint"))).alias("lines"),
-        )
-        .collect()
-    )
     by_name = {(f.day, f.name): f for f in files}
     blank: dict[int, int] = {}
     for g in groups:
@@ -855,6 +858,25 @@ def staged_counts(spark: SparkSession, fs: "WarehouseFiles", stage: str, files: 
     for idx, count in counts.items():
         count.lines = splits[idx].lines - 1 - blank.get(idx, 0)
     return counts
+
+
+def staged_groups(rows: DataFrame) -> list:
+    """(kind, day, _source_file, reason, rows, lines) of the staged rows: a rejected row's reason and
+    lines from its JSON."""
+    rejected = F.col("kind") == "rejected"
+    return (
+        rows.groupBy(
+            "kind",
+            F.col("dt").cast("string").alias("day"),
+            "_source_file",
+            F.when(rejected, F.get_json_object("status", "$.reason")).alias("reason"),
+        )
+        .agg(
+            F.count("*").alias("rows"),
+            F.sum(F.when(rejected, F.get_json_object("status", "$.lines").cast("bigint"))).alias("lines"),
+        )
+        .collect()
+    )
 
 
 def bad_file_error(error: Exception, files: list[ExportFile]) -> BadExportError | None:
