@@ -212,6 +212,11 @@ def ingest_days(extras: dict[str, Any], log) -> dict[str, Any]:
     spark = start_session(extras, f"shopflow-ingest {days[0]}..{days[-1]}")
     application = application_of(spark, bool(extras.get("remote")))
     log.info(f"Spark {spark.version}, application {application['id']} (UI {application['ui']})")
+    if not compiles_huge_methods(spark):
+        log.warning(
+            f"The executors run without {HUGE_METHODS_COMPILED}: the check runs without whole-stage code "
+            "generation, slower (docs/spark.md)"
+        )
     report({"application": application})
     interrupt_on_signals(spark)
     try:
