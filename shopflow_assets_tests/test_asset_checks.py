@@ -278,3 +278,39 @@ def test_a_rebuild_neither_makes_an_on_time_day_late_nor_a_late_day_later(instan
     instance.report_runless_asset_event(AssetMaterialization(FACT_SALES, partition=past.isoformat()))
     late = on_time_evaluation(instance, past, timezone="UTC", now=dt.datetime.now(dt.timezone.utc))
     assert not late.passed and late.metadata["built_at"].value == pytest.approx(first)
+
+
+def test_the_header_check_shows_an_engines_header_reports_bounded_whatever_they_hold(tmp_path):
+    """On Spark the header reports come from the job on the cluster: the check takes them as data,
+    bounded, and a file without a usable report is unreadable, never passed."""
+    from shopflow_assets.contract.export import SHOWN_COLUMNS, SHOWN_NAME_CHARS, header_report
+    from shopflow_assets.contract.landing import DayExport, ExportFile
+    from shopflow_assets.defs.ingest.checks import header_evaluation
+
+    names = ["ok.csv", "wide.csv", "lacks.csv", "junk.csv", "none.csv", "list.csv"]
+    export = DayExport(
+        day=dt.date(2024, 3, 1), directory=str(tmp_path / "orders" / "dt=2024-03-01"), landing_root=str(tmp_path),
+        files=tuple(ExportFile(name=n, path=str(tmp_path / n), size=1) for n in names), fingerprint="f",
+    )
+    header = ",".join(REQUIRED_COLUMNS)
+    wide = header + "," + ",".join(f"extra_{i}_" + "x" * 200 for i in range(300))
+    reports = {
+        "ok.csv": header_report(header.encode(), "ok.csv"),
+        "wide.csv": header_report(wide.encode(), "wide.csv"),
+        "lacks.csv": header_report(b"order_id,status\r\n", "lacks.csv"),
+        "junk.csv": header_report(b"\xff\xfe\n", "junk.csv"),
+        "list.csv": ["not", "a", "report"],
+    }  # none.csv: no report at all
+    check = header_evaluation(export, reports)
+    metadata = {k: v.value for k, v in check.metadata.items()}
+    assert not check.passed
+    extra = metadata["extra_columns"]["dt=2024-03-01/wide.csv"]
+    assert len(extra) == SHOWN_COLUMNS + 1 and extra[-1] == f"... and {300 - SHOWN_COLUMNS} more"
+    assert all(len(name) <= SHOWN_NAME_CHARS + 3 for name in extra)
+    assert metadata["missing_columns"] == {"dt=2024-03-01/lacks.csv": [c for c in REQUIRED_COLUMNS if c not in ("order_id", "status")]}
+    assert metadata["unreadable_files"] == [f"dt=2024-03-01/{n}" for n in ("junk.csv", "none.csv", "list.csv")]
+    # a report bigger than the bound (an engine's own) is held to it here
+    flood = {**reports, "wide.csv": {"readable": True, "missing": [], "extra": ["y" * 10_000] * 10_000}}
+    shown = {k: v.value for k, v in header_evaluation(export, flood).metadata.items()}["extra_columns"]
+    assert len(shown["dt=2024-03-01/wide.csv"]) == SHOWN_COLUMNS + 1
+    assert header_evaluation(export, {n: reports["ok.csv"] for n in names}).passed

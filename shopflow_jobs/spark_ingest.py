@@ -71,6 +71,7 @@ from pyspark.sql import functions as F
 
 from shopflow_assets.contract.export import (
     HEADER_BYTES,
+    header_report,
     MALFORMED_ROW,
     REQUIRED_COLUMNS,
     SPARK,
@@ -162,6 +163,9 @@ def main() -> None:
     with open_dagster_pipes() as pipes:
         extras = pipes.extras
         try:
+            if extras.get("mode") == "headers":  # raw/orders' header check without an ingest
+                pipes.report_custom_message({"verdict": "headers", "headers": read_headers(extras, pipes.log)})
+                return
             summary = ingest(extras, log=pipes.log)
         except BadExportError as error:
             pipes.log.error(str(error))
@@ -254,6 +258,7 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                     f"{sum(len(s.lines_before) for s in splits.values())} split(s) counted; "
                     f"{multiline} file(s) with quoted newlines"
                 )
+                report({"headers": header_reports(files, {f.idx: splits[f.idx].header for f in files})})
                 headers = check_headers(files, splits)
                 if files:
                     parsed = reduce(
@@ -499,6 +504,52 @@ def check_headers(files: list[ExportFile], splits: dict[int, "FileSplits"]) -> d
     if problems:
         raise BadExportError("\n".join(problems))
     return headers
+
+
+def header_reports(files: list[ExportFile], first_lines: dict[int, bytes | None]) -> dict[str, dict[str, dict]]:
+    """Each file's header against the contract, for raw/orders' header check (day -> file name ->
+    header_report): what the run worker shows, so that it never opens an export file."""
+    reports: dict[str, dict[str, dict]] = {}
+    for f in files:
+        reports.setdefault(f.day, {})[f.name] = header_report(first_lines[f.idx], f.display)
+    return reports
+
+
+def read_headers(extras: dict[str, Any], log) -> dict[str, dict[str, dict]]:
+    """The header check alone: each file's first line read on the cluster (a short job per file:
+    the first split's first line), as header_reports. A file that cannot be read (a corrupt
+    .csv.gz) is reported unreadable, which the check says."""
+    files = export_files(extras["days"])
+    spark = start_session(extras, "shopflow-headers")
+    try:
+        first_lines: dict[int, bytes | None] = {}
+        unreadable = []
+        for f in files:
+            try:
+                first_lines[f.idx] = file_first_line(spark, f)
+            except Exception as error:
+                if bad_file_error(error, [f]) is None:
+                    raise
+                log.warning(f"{f.display}: no readable header: {first_line(error)}")
+                unreadable.append(f)
+        reports = header_reports([f for f in files if f.idx in first_lines], first_lines)
+        for f in unreadable:
+            reports.setdefault(f.day, {})[f.name] = {"readable": False}
+        return reports
+    finally:
+        spark.stop()
+
+
+def file_first_line(spark: SparkSession, f: ExportFile) -> bytes | None:
+    """The file's first line (at most HEADER_BYTES); None for an empty file."""
+    first = (
+        numbered_lines(spark, f)
+        .where((F.col("split") == 0) & (F.col("row") == 0))
+        .select(F.expr(f"substring(cast(value AS BINARY), 1, {HEADER_BYTES})").alias("first"))
+        .limit(1)
+        .collect()
+    )
+    return bytes(first[0].first) if first else None
 
 
 # --- 2. lines and records -------------------------------------------------------------------

@@ -205,7 +205,13 @@ SPARK = SqlDialect(
 
 
 class BadExportError(Exception):
-    """An export file that cannot be ingested as it is (permanent: retrying cannot fix it)."""
+    """An export file that cannot be ingested as it is (permanent: retrying cannot fix it).
+    `headers`: the export's header reports (day -> file name -> header_report), when the engine
+    read them before it failed."""
+
+    def __init__(self, message: str, headers: dict[str, dict[str, dict]] | None = None):
+        super().__init__(message)
+        self.headers = headers
 
 
 class MissingColumnsError(BadExportError):
@@ -246,16 +252,52 @@ HEADER_BYTES = 1024 * 1024  # a first line longer than this is not a header
 
 
 def read_header(path: str, is_gzip: bool, display: str) -> list[str]:
-    """The column names in a file's first line, as written (a byte-order mark and CR removed).
-    Only that line is read: an engine's CSV sniffer would read on through a file of junk. A URI
-    (a landing zone on HDFS or an object store) is opened through fsspec."""
+    """The column names in a file's first line, as written (a byte-order mark and CR removed)."""
+    return header_names(read_first_line(path, is_gzip, display), display)
+
+
+def read_first_line(path: str, is_gzip: bool, display: str) -> bytes:
+    """A file's first line (at most HEADER_BYTES). Only that line is read: an engine's CSV sniffer
+    would read on through a file of junk. A URI (a landing zone on HDFS or an object store) is
+    opened through fsspec."""
     try:
         with (open_uri(path) if is_uri(path) else open(path, "rb")) as raw:
             stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-            first = stream.readline(HEADER_BYTES)
+            return stream.readline(HEADER_BYTES)
     except (OSError, EOFError, zlib.error) as error:
         raise BadExportError(f"{display}: the file is corrupt: {error}. Re-export the file, then re-run the day.") from None
-    return header_names(first, display)
+
+
+# What the header check shows of a header, which the exporter wrote, is bounded.
+SHOWN_COLUMNS = 50
+SHOWN_NAME_CHARS = 100
+
+
+def shown_columns(names: Sequence[str]) -> list[str]:
+    shown = [name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "..." for name in names]
+    if len(shown) > SHOWN_COLUMNS:
+        shown = shown[:SHOWN_COLUMNS] + [f"... and {len(shown) - SHOWN_COLUMNS} more"]
+    return shown
+
+
+def header_report(first: bytes | None, display: str) -> dict:
+    """A file's header against the contract, as raw/orders' header check shows it (JSON: the Spark
+    job sends it from the cluster): the required columns it lacks or has twice, and, bounded, the
+    columns the contract does not know; or that it has no readable header."""
+    try:
+        missing, extra = header_differences(header_names(first, display))
+    except (BadExportError, csv.Error):  # the ingest fails on it, saying why
+        return {"readable": False}
+    return {"readable": True, "missing": missing, "extra": shown_columns(extra)}
+
+
+def read_header_report(path: str, is_gzip: bool, display: str) -> dict:
+    """header_report of a file read here (its first line only)."""
+    try:
+        first = read_first_line(path, is_gzip, display)
+    except BadExportError:
+        return {"readable": False}
+    return header_report(first, display)
 
 
 def open_uri(uri: str):

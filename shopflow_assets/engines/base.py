@@ -15,7 +15,7 @@ import duckdb
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue
 from pydantic import Field
 
-from shopflow_assets.contract.export import REJECT_REASONS
+from shopflow_assets.contract.export import REJECT_REASONS, display_name, read_header_report
 from shopflow_assets.contract.landing import DayExport
 
 
@@ -57,6 +57,8 @@ class LoadSummary:
 
     days: dict[str, DayLoad]
     engine_metadata: dict[str, Any] = field(default_factory=dict)  # of the whole ingest, on every day
+    # day -> file name -> contract.export.header_report, when the engine read the headers itself
+    headers: dict[str, dict[str, dict]] | None = None
 
     @classmethod
     def of_days(cls, days: Sequence[dt.date]) -> "LoadSummary":
@@ -98,6 +100,15 @@ class Warehouse(ConfigurableResource):
         any other exception is transient and the step is retried.
         """
         raise NotImplementedError
+
+    def export_headers(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> dict[str, dict[str, dict]]:
+        """Each export file's header against the contract (day -> file name ->
+        contract.export.header_report), read where this engine reads the files: here, by default
+        (the first line of each file only)."""
+        return {
+            e.day.isoformat(): {f.name: read_header_report(f.path, f.gzip, display_name(e.folder, f.name)) for f in e.files}
+            for e in exports
+        }
 
     @property
     def dbt_target(self) -> str:

@@ -93,6 +93,56 @@ class SparkWarehouse(Warehouse):
             self.check_master_reachable()
         days = [e.day for e in exports]
         extras = {
+            **self.job_extras(context, exports),
+            "warehouse": self.warehouse_dir,
+            "thrift": self.thrift,
+            "version_grace_seconds": self.version_grace_minutes * 60,
+            "session_conf": self.session_conf(),
+            "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "executor_timeout_seconds": self.executor_timeout_seconds,
+            "max_rejected_share": self.max_rejected_share,
+            "finished_runs": self.finished_runs_with_leftovers(context),
+        }
+        messages = self.run_job(context, extras, days)
+        verdicts = [m for m in messages if "verdict" in m]
+        verdict = verdicts[-1] if verdicts else {"verdict": "failed", "error": "the job reported nothing"}
+        applications = [m["application"] for m in messages if isinstance(m.get("application"), dict)]
+        # each file's header as the executors read it, for raw/orders' header check
+        headers = next((m["headers"] for m in reversed(messages) if isinstance(m.get("headers"), dict)), None)
+        if verdict["verdict"] == "bad_export":
+            raise BadExportError(verdict["error"], headers=headers)
+        if verdict["verdict"] == "export_changed":
+            raise ExportChangedError(verdict["error"])
+        if verdict["verdict"] == "superseded":  # a retry would fence out the later run in turn
+            raise Failure(description=verdict["error"], allow_retries=False)
+        if verdict["verdict"] == "permanent":  # Spark refused the job as it is: a retry cannot help
+            raise Failure(
+                description=f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}", allow_retries=False
+            )
+        if verdict["verdict"] != "loaded":
+            raise SparkIngestFailed(f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}")
+        summary = LoadSummary.from_json(verdict["summary"]["days"])
+        summary.headers = headers
+        if applications:
+            summary.engine_metadata = application_metadata(applications[-1])
+        return summary
+
+    def export_headers(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> dict[str, dict[str, dict]]:
+        """The header check without an ingest: the job reads each file's first line on the
+        cluster (nothing of an export is read here) and reports it."""
+        if self.remote:
+            self.check_connect_reachable()
+        days = [e.day for e in exports]
+        extras = {**self.job_extras(context, exports), "mode": "headers", "session_conf": self.session_conf()}
+        messages = self.run_job(context, extras, days)
+        verdict = next((m for m in reversed(messages) if "verdict" in m), {"verdict": "failed", "error": "the job reported nothing"})
+        if verdict["verdict"] != "headers" or not isinstance(verdict.get("headers"), dict):
+            raise SparkIngestFailed(f"Reading the headers of {days[0]}..{days[-1]} on Spark failed: {verdict.get('error')}")
+        return verdict["headers"]
+
+    def job_extras(self, context: AssetExecutionContext, exports: Sequence[DayExport]) -> dict[str, Any]:
+        """What the job reads of the exports: each day's folder, fingerprint and files."""
+        return {
             "days": [
                 {
                     "day": e.day.isoformat(),
@@ -104,17 +154,12 @@ class SparkWarehouse(Warehouse):
                 }
                 for e in exports
             ],
-            "warehouse": self.warehouse_dir,
             "remote": self.remote,
-            "thrift": self.thrift,
-            "version_grace_seconds": self.version_grace_minutes * 60,
-            "session_conf": self.session_conf(),
             "run_id": context.run.run_id,
-            "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "executor_timeout_seconds": self.executor_timeout_seconds,
-            "max_rejected_share": self.max_rejected_share,
-            "finished_runs": self.finished_runs_with_leftovers(context),
         }
+
+    def run_job(self, context: AssetExecutionContext, extras: dict[str, Any], days: Sequence[dt.date]) -> list[dict]:
+        """Run shopflow_jobs/spark_ingest.py through Pipes and wait: its custom messages."""
         client = PipesSubprocessClient(env=self.job_env(), cwd=str(REPO_ROOT))
         try:
             invocation = client.run(context=context, command=self.submit_command(days), extras=extras)
@@ -134,26 +179,7 @@ class SparkWarehouse(Warehouse):
                 f"The Spark ingest of {days[0]}..{days[-1]} ended without a verdict ({error}); "
                 "its log is in the run's stderr. Retried."
             ) from None
-        messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
-        verdicts = [m for m in messages if "verdict" in m]
-        verdict = verdicts[-1] if verdicts else {"verdict": "failed", "error": "the job reported nothing"}
-        applications = [m["application"] for m in messages if isinstance(m.get("application"), dict)]
-        if verdict["verdict"] == "bad_export":
-            raise BadExportError(verdict["error"])
-        if verdict["verdict"] == "export_changed":
-            raise ExportChangedError(verdict["error"])
-        if verdict["verdict"] == "superseded":  # a retry would fence out the later run in turn
-            raise Failure(description=verdict["error"], allow_retries=False)
-        if verdict["verdict"] == "permanent":  # Spark refused the job as it is: a retry cannot help
-            raise Failure(
-                description=f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}", allow_retries=False
-            )
-        if verdict["verdict"] != "loaded":
-            raise SparkIngestFailed(f"The Spark ingest of {days[0]}..{days[-1]} failed: {verdict['error']}")
-        summary = LoadSummary.from_json(verdict["summary"]["days"])
-        if applications:
-            summary.engine_metadata = application_metadata(applications[-1])
-        return summary
+        return [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
 
     def warehouse_files(self):
         """(fsspec file system, the warehouse's path on it): metadata work on the warehouse (folder

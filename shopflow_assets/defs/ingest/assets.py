@@ -108,9 +108,6 @@ def ingest(
         # The file list is read here, inside the run, never when the definitions load.
         exports = finished_exports(landing, days)
         claim_export(context, exports)
-        if HEADER in checks:
-            # before the ingest: a day whose header fails it shows why in its Checks tab too
-            headers = [header_evaluation(export) for export in exports]
         context.log.info(
             f"Ingesting {len(days)} day(s) {days[0]}..{days[-1]}: "
             f"{sum(len(e.files) for e in exports)} file(s)"
@@ -122,8 +119,13 @@ def ingest(
         except ExportChangedError as changed:  # nothing published: read the newest export
             context.log.warning(f"{changed} Reading it again ({attempt}/{READS_OF_A_CHANGING_EXPORT}).")
         except BadExportError as error:  # permanent: retrying cannot fix the file
-            if HEADER in checks:
-                yield from per_day_results(context, headers)
+            if HEADER in checks:  # a day whose header fails the ingest shows why in its Checks tab too
+                try:
+                    evaluations = header_evaluations(context, warehouse, exports, error.headers)
+                except Exception as unread:  # noqa: BLE001 - the file's own error is what the run reports
+                    context.log.warning(f"The header check was not evaluated: {unread}")
+                    evaluations = []
+                yield from per_day_results(context, evaluations)
             raise Failure(
                 description=f"{error}\nRe-run with: {rerun_command('raw/orders', days)}",
                 allow_retries=False,
@@ -144,7 +146,7 @@ def ingest(
         context.add_asset_metadata(metadata, partition_key=day.isoformat())
     yield MaterializeResult(asset_key=RAW_ORDERS)
     if HEADER in checks:
-        yield from per_day_results(context, headers)
+        yield from per_day_results(context, header_evaluations(context, warehouse, exports, summary.headers))
     if REJECTED_SHARE in checks:
         shares = [rejected_share_evaluation(day, load, warehouse.max_rejected_share) for day, load in summary.days.items()]
         yield from per_day_results(context, shares)
@@ -156,7 +158,8 @@ def checks_of_stored_days(
     """The checks without an ingest: the headers of the exports as they are now, the share of
     what the newest ingest of each day loaded and rejected."""
     if HEADER in checks:
-        yield from per_day_results(context, [header_evaluation(e) for e in finished_exports(landing, days)])
+        exports = finished_exports(landing, days)
+        yield from per_day_results(context, header_evaluations(context, warehouse, exports, None))
     if REJECTED_SHARE in checks:
         loads = {day: loaded(context.instance, day.isoformat()) for day in days}
         shares = [
@@ -165,6 +168,15 @@ def checks_of_stored_days(
             if load is not None
         ]
         yield from per_day_results(context, shares)
+
+
+def header_evaluations(
+    context: AssetExecutionContext, warehouse: Warehouse, exports: list[DayExport], reported: dict | None
+) -> list[AssetCheckEvaluation]:
+    """Each day's header check, from the headers the ingest reported (an engine that reads the
+    files elsewhere, e.g. on a Spark cluster), else as the engine reads them now."""
+    reports = reported if reported is not None else warehouse.export_headers(context, exports)
+    return [header_evaluation(e, reports.get(e.day.isoformat(), {})) for e in exports]
 
 
 def finished_exports(landing: LandingZone, days: list) -> list[DayExport]:

@@ -5,8 +5,7 @@ The ingest evaluates both itself (it holds the numbers and the headers) and repo
 result under that day's partition, so a backfill of a range shows every day's own result.
 """
 
-import csv
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from dagster import (
     AssetCheckEvaluation,
@@ -19,13 +18,7 @@ from dagster import (
 )
 
 from shopflow_assets.contract.asset_keys import RAW_ORDERS
-from shopflow_assets.contract.export import (
-    MIN_LINES_FOR_REJECTED_SHARE,
-    BadExportError,
-    display_name,
-    header_differences,
-    read_header,
-)
+from shopflow_assets.contract.export import MIN_LINES_FOR_REJECTED_SHARE, SHOWN_COLUMNS, SHOWN_NAME_CHARS, display_name
 from shopflow_assets.contract.landing import DayExport
 from shopflow_assets.engines.base import DayLoad
 
@@ -112,23 +105,23 @@ def rejected_share_evaluation(day: str, load: DayLoad, max_share: float) -> Asse
     )
 
 
-def header_evaluation(export: DayExport) -> AssetCheckEvaluation:
-    """Each file's header (its first line only) against the contract's columns."""
+def header_evaluation(export: DayExport, reports: Mapping[str, dict]) -> AssetCheckEvaluation:
+    """Each file's header against the contract, from its report (file name -> header_report, as
+    the engine read it where it reads the files)."""
     missing_by_file: dict[str, list[str]] = {}
     extra_by_file: dict[str, list[str]] = {}
     unreadable: list[str] = []
     for f in export.files:
         display = display_name(export.folder, f.name)
-        try:
-            missing, extra = header_differences(read_header(f.path, f.gzip, display))
-        except (BadExportError, csv.Error):  # the ingest fails on it, saying why
+        report = reports.get(f.name) if isinstance(reports, Mapping) else None
+        report = report if isinstance(report, Mapping) else {}
+        if not report.get("readable"):  # the ingest fails on it, saying why
             unreadable.append(display)
-            continue
-        if missing:
+        elif report.get("missing"):
             # (a file without a header row: its first data row is no list of extra columns)
-            missing_by_file[display] = missing
-        elif extra:
-            extra_by_file[display] = shown_columns(extra)
+            missing_by_file[display] = bounded(report["missing"])
+        elif report.get("extra"):
+            extra_by_file[display] = bounded(report["extra"])
     passed = not (missing_by_file or extra_by_file or unreadable)
     return AssetCheckEvaluation(
         asset_key=RAW_ORDERS,
@@ -149,21 +142,17 @@ def header_evaluation(export: DayExport) -> AssetCheckEvaluation:
     )
 
 
-# A header is whatever the exporter wrote: what the UI shows of it is bounded.
-SHOWN_COLUMNS = 50
-SHOWN_NAME_CHARS = 100
-SHOWN_FILES = 50
+SHOWN_FILES = 50  # files named in the check's metadata
+
+
+def bounded(names: Sequence) -> list[str]:
+    """Column names of a report as the check shows them: already bounded by shown_columns where
+    the report was made, and held to that bound here whoever made it."""
+    return [str(name)[: SHOWN_NAME_CHARS + 3] for name in list(names)[: SHOWN_COLUMNS + 1]]
 
 
 def first_files(by_file: dict[str, list[str]]) -> dict[str, list[str]]:
     return dict(list(by_file.items())[:SHOWN_FILES])
-
-
-def shown_columns(names: Sequence[str]) -> list[str]:
-    shown = [name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "..." for name in names]
-    if len(shown) > SHOWN_COLUMNS:
-        shown = shown[:SHOWN_COLUMNS] + [f"... and {len(shown) - SHOWN_COLUMNS} more"]
-    return shown
 
 
 def header_description(
