@@ -71,7 +71,6 @@ from pyspark.sql import functions as F
 
 from shopflow_assets.contract.export import (
     HEADER_BYTES,
-    header_report,
     MALFORMED_ROW,
     REQUIRED_COLUMNS,
     SPARK,
@@ -79,6 +78,7 @@ from shopflow_assets.contract.export import (
     ExportChangedError,
     display_name,
     header_names,
+    header_report,
     rejected_share_error,
     required_positions,
 )
@@ -260,16 +260,18 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                 )
                 report({"headers": header_reports(files, {f.idx: splits[f.idx].header for f in files})})
                 headers = check_headers(files, splits)
+                written: dict[str, int] = {}  # the rows of each kind, counted as the pass writes them
                 if files:
                     parsed = reduce(
                         DataFrame.unionByName,
                         [parsed_records(spark, f, headers[f.idx], splits[f.idx]) for f in files],
                     )
                     staged = staged_rows(checked_rows(parsed, added["dt"]), added)
-                    written = Observation("staged")  # the rows of each kind, counted as they are written
+                    observed = Observation("staged")
                     kinds = [F.count_if(F.col("kind") == kind).alias(kind) for kind in KINDS]
-                    write_staged(staged.observe(written, *kinds), f"{stage}/{CHECKED}", "kind")
-                counts = staged_counts(spark, fs, stage, files, splits, written.get if files else {})
+                    write_staged(staged.observe(observed, *kinds), f"{stage}/{CHECKED}", "kind")
+                    written = observed.get
+                counts = staged_counts(spark, fs, stage, files, splits, written)
                 refuse_mostly_rejected(files, counts, max_share)  # before anything is published
                 stage_rejected_rows(spark, fs, stage)
             except Exception as error:
