@@ -102,6 +102,12 @@ ACCEPTED_CASES = {
         {"a.csv": (HEADER + "\n" + row_text("A", "x" * 3_000_000) + "\n" + row_text("B") + "\n").encode()},
         [("A", "a.csv", 2), ("B", "a.csv", 3)], [],
     ),
+    # more fields than a CSV parser allocates by default (Spark's: 20,480), outside and inside quotes
+    "thirty thousand fields in a line, and thirty thousand commas in a quoted field": Case(
+        {"a.csv": (HEADER + "\n" + row_text("A") + ",x" * 30_000 + "\n" + row_text("B", "," * 30_000) + "\n").encode()},
+        [("B", "a.csv", 3)],
+        [("a.csv", 2, "malformed CSV row: too many columns")],
+    ),
     "too few and too many fields": Case(
         {"a.csv": (HEADER + "\nB,1,C\n" + row_text("A") + ",surplus\n" + row_text("C") + "\n").encode()},
         [("C", "a.csv", 4)],

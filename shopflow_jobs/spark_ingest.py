@@ -66,7 +66,7 @@ from functools import reduce
 from typing import Any, Iterator
 
 from dagster_pipes import open_dagster_pipes
-from pyspark.sql import DataFrame, Observation, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from shopflow_assets.contract.export import (
@@ -111,6 +111,8 @@ QUOTED_CONTENT = '[^"]*(?:""[^"]*)*'
 STAYS_INSIDE = (
     f'^{QUOTED_CONTENT}$|^{QUOTED_CONTENT}"(?:,(?:{QUOTED_FIELD}|[^",][^,]*|))*,"{QUOTED_CONTENT}$'
 )
+# The fields Spark's CSV parser holds per record (its maxColumns); a record with more fails the task.
+PARSED_FIELDS_MAX = 20480
 # Quoted fields at the start of a field; removed before counting the delimiters of a record.
 LEADING_QUOTED_FIELD = f'(?:^|(?<=,)){QUOTED_FIELD}'
 # The suffixes by which Hadoop picks a decompressor (case-sensitive), whatever the name says.
@@ -310,6 +312,9 @@ def start_session(extras: dict[str, Any], name: str) -> SparkSession:
     # the JVMs that run the tasks were started with -XX:-DontCompileHugeMethods (the cluster's
     # setting, docs/spark.md). Without it each operator's own code is generated instead.
     spark.conf.set("spark.sql.codegen.wholeStage", str(compiles_huge_methods(spark)).lower())
+    # Each file's check generates the same code (see by_split) but for the stage's number in the
+    # class name: without it, the files share one class, compiled and warmed up once per JVM.
+    spark.conf.set("spark.sql.codegen.useIdInClassName", "false")
     return spark
 
 
@@ -607,22 +612,18 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
     if not files:
         return {}
     value = F.col("value")
-    per_split = reduce(
-        DataFrame.unionByName,
-        [
-            numbered_lines(spark, f)
-            .groupBy("split")
-            .agg(
-                F.count("*").alias("lines"),
-                F.min("row").alias("first_row"),
-                F.max("row").alias("last_row"),
-                F.max((value.contains('"') & value.rlike(OPENS_QUOTE)).cast("int")).alias("opens"),
-                F.max(F.when(F.col("row") == 0, F.expr(f"substring(cast(value AS BINARY), 1, {HEADER_BYTES})"))).alias("first"),
-            )
-            .select(F.lit(f.idx).alias("file_idx"), "*")
-            for f in files
-        ],
-    ).collect()
+    lines = reduce(DataFrame.unionByName, [numbered_lines(spark, f).select(F.lit(f.idx).alias("file_idx"), "*") for f in files])
+    per_split = (
+        lines.groupBy("file_idx", "split")
+        .agg(
+            F.count("*").alias("lines"),
+            F.min("row").alias("first_row"),
+            F.max("row").alias("last_row"),
+            F.max((value.contains('"') & value.rlike(OPENS_QUOTE)).cast("int")).alias("opens"),
+            F.max(F.when(F.col("row") == 0, F.expr(f"substring(cast(value AS BINARY), 1, {HEADER_BYTES})"))).alias("first"),
+        )
+        .collect()
+    )
     splits: dict[int, FileSplits] = {}
     for f in files:
         mine = sorted((r for r in per_split if r.file_idx == f.idx), key=lambda r: r.split)
@@ -636,16 +637,24 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
     return splits
 
 
+def by_split(values: dict[int, int]) -> Column:
+    """The value of the row's split, from a map literal. A number written into the plan would be
+    compiled into each file's generated code; a map is passed to it as an object, so the files of
+    one header share one generated class (compiled, and warmed up by the JVM, once)."""
+    return F.element_at(F.create_map(*[F.lit(x).cast("bigint") for kv in sorted(values.items()) for x in kv]), F.col("split"))
+
+
 def file_lines(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
     """The file's lines with their physical line number (header = 1): the lines of the splits
-    before the line's split, plus its index in its split, plus 1."""
-    before = F.lit(0).cast("bigint")
-    for split, lines in sorted(splits.lines_before.items()):
-        if lines:  # the first split has none before it
-            before = F.when(F.col("split") == F.lit(split).cast("bigint"), F.lit(lines).cast("bigint")).otherwise(before)
-    numbered = numbered_lines(spark, f).select((before + F.col("row") + 1).alias("line"), "value")
+    before the line's split, plus its index in its split, plus 1; and the file's index."""
+    numbered = numbered_lines(spark, f).select(
+        by_split({split: f.idx for split in splits.lines_before}).cast("int").alias("_file_idx"),
+        (by_split(splits.lines_before) + F.col("row") + 1).alias("line"),
+        "value",
+    )
     value = F.col("value")
     return numbered.select(
+        "_file_idx",
         "line",
         F.when(value.endswith("\r"), F.expr("substring(value, 1, length(value) - 1)")).otherwise(value).alias("value"),
         value.alias("raw"),  # as written: a CR inside a quoted field is data
@@ -686,12 +695,12 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
 
 
 def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
-    """(line, record, lines) of the file's data records: a record's line is its first physical line,
+    """(_file_idx, line, record, lines) of the file's data records: a record's line is its first physical line,
     `lines` how many physical lines it spans. A blank line is a record of its own (it is counted,
     then dropped)."""
     lines = file_lines(spark, f, splits).where(F.col("line") > 1)
     if not splits.multiline:
-        return lines.select("line", F.col("value").alias("record"), F.lit(1).alias("lines"))
+        return lines.select("_file_idx", "line", F.col("value").alias("record"), F.lit(1).alias("lines"))
     # Whether a line starts a record depends on the lines before it: a CSV state machine with two
     # states (outside or inside a quoted field) whose transition per line is known from the line
     # alone (two regular expressions). Most lines keep the state (no quote); a line with a quoted
@@ -735,7 +744,7 @@ def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame
         F.when(F.col("raw_record").endswith("\r"), F.expr("substring(raw_record, 1, length(raw_record) - 1)"))
         .otherwise(F.col("raw_record")).alias("record"),
     )
-    return joined.select(F.col("record_line").alias("line"), "record", "lines")
+    return joined.select(F.lit(f.idx).alias("_file_idx"), F.col("record_line").alias("line"), "record", "lines")
 
 
 def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits: FileSplits) -> DataFrame:
@@ -743,7 +752,9 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits
     positions = required_positions(f.day, f.display, header)
     n = len(header)
     schema = ", ".join(f"c{i} STRING" for i in range(n))
-    fields = F.from_csv(F.col("record"), schema, {"quote": '"', "escape": '"', "mode": "PERMISSIVE"})
+    options = {"quote": '"', "escape": '"', "mode": "PERMISSIVE", "maxColumns": str(PARSED_FIELDS_MAX)}
+    # a record of more fields than the parser holds is malformed anyway: it is not parsed
+    fields = F.when(F.col("_field_count") < PARSED_FIELDS_MAX, F.from_csv(F.col("record"), schema, options))
     names = [name.lstrip("\ufeff") for name in header]
     # Fields = delimiters outside quoted fields + 1; only records with a quote need the regex, the
     # others count their commas (one byte each in UTF-8) with a plain replace.
@@ -766,11 +777,12 @@ def parsed_records(spark: SparkSession, f: ExportFile, header: list[str], splits
     # (Spark does not inline an expensive expression into each of its readers).
     rows = (
         records(spark, f, splits)
-        .select("line", "record", "lines", fields.alias("fields"), field_count.alias("_field_count"))
-        .select("line", "record", "lines", "fields", malformed.alias("malformed"))
+        .select("_file_idx", "line", "record", "lines", field_count.alias("_field_count"))
+        .select("_file_idx", "line", "record", "lines", "_field_count", fields.alias("fields"))
+        .select("_file_idx", "line", "record", "lines", "fields", malformed.alias("malformed"))
     )
     return rows.select(
-        F.lit(f.idx).alias("_file_idx"),
+        "_file_idx",
         F.col("lines").alias("_lines"),
         F.col("line").alias("_source_line"),
         *[F.when(F.col("malformed").isNull(), F.col(f"fields.c{positions[c]}")).alias(c) for c in REQUIRED_COLUMNS],

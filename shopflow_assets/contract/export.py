@@ -61,7 +61,13 @@ RULES: tuple[tuple[tuple[str, str], ...], ...] = (
     (
         ("t_discount IS NULL", "discount is not a decimal(18,2)"),
         ("t_discount < 0", "discount is negative"),
-        ("t_unit_price >= 0 AND t_discount > t_quantity * t_unit_price", "discount exceeds quantity x unit_price"),
+        # A discount not above the unit price of a quantity of at least 1 is within the product,
+        # which then need not be computed (a wide decimal product costs more than the rest).
+        (
+            "t_unit_price >= 0 AND NOT (t_quantity >= 1 AND t_discount <= t_unit_price) "
+            "AND t_discount > t_quantity * t_unit_price",
+            "discount exceeds quantity x unit_price",
+        ),
     ),
     ((f"status IS NULL OR status NOT IN {STATUSES!r}", f"status is not one of {', '.join(STATUSES)}"),),
     (
