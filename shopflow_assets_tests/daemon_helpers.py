@@ -37,11 +37,29 @@ def daemon_process(env: Mapping[str, str], log_path: Path) -> Iterator[subproces
         try:
             yield process
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            stop_groups([process])
+
+
+def stop_groups(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Stop processes started with start_new_session, and all they started: SIGTERM to each
+    group, then, once its leader has exited (or after `timeout`), SIGKILL to what is left of it.
+    A code server waits for its runs to finish before it exits, and a run whose daemon is gone can
+    wait forever: neither may outlive the test."""
+    for process in processes:
+        signal_group(process, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        signal_group(process, signal.SIGKILL)
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:  # nothing of the group is left
+        pass
 
 
 def materializations(instance: DagsterInstance, day: str) -> dict[str, int]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +17,7 @@ import datetime as dt
 import pytest
 
 from .conftest import BIN, REPO_ROOT, command_env, csv_text, line
+from .daemon_helpers import stop_groups
 
 pytestmark = pytest.mark.slow  # a daemon, a subprocess, Spark, Postgres or a browser
 
@@ -76,13 +75,7 @@ def webserver_and_daemon(env: dict, port: int, tmp_path: Path, daemon: bool = Tr
     finally:
         daemon_log.close()
         webserver_log.close()
-        for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_groups(processes)
 
 
 def dagster_home(tmp_path: Path) -> Path:
