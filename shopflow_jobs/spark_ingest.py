@@ -612,7 +612,9 @@ def split_lines(spark: SparkSession, files: list[ExportFile]) -> dict[int, FileS
     if not files:
         return {}
     value = F.col("value")
-    lines = reduce(DataFrame.unionByName, [numbered_lines(spark, f).select(F.lit(f.idx).alias("file_idx"), "*") for f in files])
+    lines = reduce(
+        DataFrame.unionByName, [numbered_lines(spark, f).select(F.lit(f.idx).alias("file_idx"), "*") for f in files]
+    )
     per_split = (
         lines.groupBy("file_idx", "split")
         .agg(
@@ -641,6 +643,8 @@ def by_split(values: dict[int, int]) -> Column:
     """The value of the row's split, from a map literal. A number written into the plan would be
     compiled into each file's generated code; a map is passed to it as an object, so the files of
     one header share one generated class (compiled, and warmed up by the JVM, once)."""
+    if not values:  # an empty file: no row asks
+        return F.lit(None).cast("bigint")
     return F.element_at(F.create_map(*[F.lit(x).cast("bigint") for kv in sorted(values.items()) for x in kv]), F.col("split"))
 
 
@@ -695,8 +699,8 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
 
 
 def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
-    """(_file_idx, line, record, lines) of the file's data records: a record's line is its first physical line,
-    `lines` how many physical lines it spans. A blank line is a record of its own (it is counted,
+    """(_file_idx, line, record, lines) of the file's data records: a record's line is its first
+    physical line, `lines` how many physical lines it spans. A blank line is a record of its own (it is counted,
     then dropped)."""
     lines = file_lines(spark, f, splits).where(F.col("line") > 1)
     if not splits.multiline:
