@@ -33,6 +33,7 @@ from shopflow_assets.engines import SparkWarehouse
 from shopflow_assets.defs.ingest.landing_zone import LandingZone
 
 from .conftest import BIN, REPO_ROOT, TEST_SETTINGS, command_env, csv_text, day_of, failure_messages, line, raw_orders
+from .daemon_helpers import stop_groups
 from .spark_cluster import SparkCluster, free_ports
 from .spark_helpers import catalog_at, live_folders
 
@@ -479,12 +480,7 @@ def test_a_cancelled_run_leaves_no_spark_work_or_driver_running(path, spark_clus
         # nothing of D was published
         assert published(warehouse, spark_cluster.thrift)["files"] == []
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_groups([server])
         for pid in marked_drivers(mark):  # never leave a driver of this test on the shared cluster
             os.kill(pid, signal.SIGKILL)
 
