@@ -271,7 +271,7 @@ def test_a_reader_through_the_catalog_never_sees_a_day_missing_or_mixed_while_it
     spark_sql, landing, tmp_path
 ):
     """Day D re-published 20 times, from two exports in turn, while a reader queries it through the
-    Thrift server as fast as it answers: every answer is the whole of one export and of one run.
+    Thrift server every 0.2 s: every answer is the whole of one export and of one run.
     Then the versions: all kept for the grace period; with none, only the live one stays."""
     exports = {
         "A": csv_text([line(f"A-{i}", day=D) for i in range(3_000)]),
@@ -293,6 +293,7 @@ def test_a_reader_through_the_catalog_never_sees_a_day_missing_or_mixed_while_it
                     f"FROM raw.orders WHERE dt = DATE'{D}'"
                 )
                 answers.append((n, first and first[0], last and last[0], runs))
+                stop.wait(0.2)  # a reader polling, several times per publish, not one taking the cores
 
     reader = in_background(read_until_stopped)
     published_runs = []

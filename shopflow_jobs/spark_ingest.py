@@ -275,7 +275,8 @@ def load_days(spark: SparkSession, catalog: Catalog, extras: dict[str, Any], fil
                     written = observed.get
                 counts = staged_counts(spark, fs, stage, files, splits, written)
                 refuse_mostly_rejected(files, counts, max_share)  # before anything is published
-                stage_rejected_rows(spark, fs, stage)
+                if written.get("rejected"):
+                    stage_rejected_rows(spark, fs, stage)
             except Exception as error:
                 raise bad_file_error(error, files) or error
             watchdog.check()
@@ -343,23 +344,26 @@ def catalog_of(spark: SparkSession, extras: dict[str, Any]) -> Iterator[Catalog]
 
 def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
     """The raw tables are the ingest's: external (dropping a partition or the table never deletes
-    a version a reader may still be reading), over <warehouse>/raw.db/<table>."""
+    a version a reader may still be reading), over <warehouse>/raw.db/<table>. Tables that are
+    there already cost two statements."""
     catalog.run("CREATE DATABASE IF NOT EXISTS raw")
+    found = catalog.table_locations("raw", TABLES)
     for table in TABLES:
         location = f"{warehouse}/{RAW_DB}/{table}"
-        try:
-            catalog.run(
-                f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
-                f"USING parquet PARTITIONED BY (dt) LOCATION {sql_string(location)}"
-            )
-        except Exception:
-            if not catalog.exists(f"raw.{table}"):
-                raise
-            # another ingest created it meanwhile: checked below like any existing table
-        described = catalog.described(f"TABLE EXTENDED raw.{table}")
-        if not same_place(described.get("Location", ""), location):
+        if table not in found:
+            try:
+                catalog.run(
+                    f"CREATE TABLE IF NOT EXISTS raw.{table} ({spark_columns(f'raw.{table}')}) "
+                    f"USING parquet PARTITIONED BY (dt) LOCATION {sql_string(location)}"
+                )
+            except Exception:
+                if not catalog.exists(f"raw.{table}"):
+                    raise
+                # another ingest created it meanwhile: checked below like any existing table
+            found[table] = catalog.described(f"TABLE EXTENDED raw.{table}").get("Location", "")
+        if not same_place(found[table], location):
             raise WarehouseMismatch(
-                f"raw.{table} in the cluster's catalog is at {described.get('Location')}, not in this warehouse "
+                f"raw.{table} in the cluster's catalog is at {found[table]}, not in this warehouse "
                 f"({warehouse}): point SHOPFLOW_SPARK_WAREHOUSE at the catalog's warehouse, or drop the table "
                 "from the catalog (its files stay) and load its days again. Not retried."
             )
@@ -1149,7 +1153,8 @@ class WarehouseFiles:
                 else:  # the day's rebuild is empty: it ends empty
                     catalog.drop(f"raw.{table}", day)
                 try:  # housekeeping: what is left now goes with a later publish of the day
-                    live = live_version(catalog.location(f"raw.{table}", day), day)
+                    # (a later publish that swapped since is newer than ours: tidy_day leaves it)
+                    live = ours if rows > 0 else None
                     tidy_day(self.fs, f"{table_folder}/dt={day}", live, self.grace_seconds, below=ours)
                 except Exception as error:  # noqa: BLE001
                     log.warning(f"The retired versions of raw.{table} {day} were not removed: {first_line(error)}")

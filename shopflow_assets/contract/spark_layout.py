@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 VERSION = "v="  # a version folder's name: v=<version>, versions of a table sort by age
@@ -71,19 +71,31 @@ class Catalog:
         """`DESCRIBE <what>` (a database, `TABLE EXTENDED t`, ...) as key -> value: its Location, Type..."""
         return {str(row[0]).strip(): str(row[1]) for row in self.run(f"DESCRIBE {what}")}
 
+    def table_locations(self, database: str, names: Sequence[str]) -> dict[str, str]:
+        """Where each of the tables `names` of `database` that exist is (one statement)."""
+        if not all(TABLE.fullmatch(f"{database}.{name}") for name in names):
+            raise ValueError(f"not tables: {database!r} {names!r}")
+        rows = self.run(f"SHOW TABLE EXTENDED IN {database} LIKE '{'|'.join(names)}'")
+        return {str(row[1]): information_location(str(row[-1])) or "" for row in rows if str(row[1]) in names}
+
     def days(self, table: str) -> list[str]:
         return sorted(str(row[0]).split("=", 1)[1] for row in self.run(f"SHOW PARTITIONS {table}"))
 
     def location(self, table: str, day: str) -> str | None:
-        """Where the live version of the day is, or None if the table has no such day."""
-        if not self.run(f"SHOW PARTITIONS {self.spec(table, day)}"):
-            return None
+        """Where the live version of the day is, or None if the table has no such day (one statement
+        for a day that exists, which is what a publish or a reader mostly asks)."""
+        spec = self.spec(table, day)
         database, name = table.split(".")
-        rows = self.run(f"SHOW TABLE EXTENDED IN {database} LIKE '{name}' PARTITION (dt = '{day}')")
-        for line in str(rows[0][-1]).splitlines():
-            if line.startswith("Location: "):
-                return line[len("Location: ") :].strip()
-        raise RuntimeError(f"the catalog names no location for {table} {day}")
+        try:
+            rows = self.run(f"SHOW TABLE EXTENDED IN {database} LIKE '{name}' PARTITION (dt = '{day}')")
+        except Exception:  # no such day (PARTITIONS_NOT_FOUND), or an error of its own, raised
+            if self.run(f"SHOW PARTITIONS {spec}"):
+                raise
+            return None
+        location = information_location(str(rows[0][-1])) if rows else None
+        if rows and location is None:
+            raise RuntimeError(f"the catalog names no location for {table} {day}")
+        return location
 
     def locations(self, table: str) -> dict[str, str]:
         return {day: location for day in self.days(table) if (location := self.location(table, day))}
@@ -98,6 +110,14 @@ class Catalog:
         """The day ends empty (the tables are external: its files stay until retired)."""
         self.spec(table, day)
         self.run(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (dt = '{day}')")
+
+
+def information_location(information: str) -> str | None:
+    """The `Location: ...` line of what `SHOW TABLE EXTENDED` says of a table or a partition."""
+    for line in information.splitlines():
+        if line.startswith("Location: "):
+            return line[len("Location: ") :].strip()
+    return None
 
 
 def same_location(location: str) -> str:
