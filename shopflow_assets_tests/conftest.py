@@ -257,6 +257,16 @@ def spark_on_loopback():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jvms_compile_quickly():
+    """The tests' JVMs (Spark's daemons, servers, executors and drivers, which inherit this
+    environment) compile with C1 only: they live minutes on small data, where the optimizing
+    compiler's work is never won back, and the suite is bound by the CPU of two cores. A setting of
+    the tests: the cluster of scripts/spark-cluster and the benchmarks keep the JVM's default."""
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
+    yield
+
+
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
     """A Spark standalone master and one worker (5 cores, 7g for executors) on 127.0.0.1 on free
