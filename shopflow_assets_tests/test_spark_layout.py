@@ -122,6 +122,39 @@ def test_the_catalogs_statements_take_only_a_table_name_and_a_date_and_quote_loc
     assert sql_string("a'b\\") == "'a\\'b\\\\'"
 
 
+def test_a_days_location_costs_one_statement_and_only_a_missing_day_reads_as_none():
+    """What `SHOW TABLE EXTENDED ... PARTITION` answers, or how it fails: a day that is not there
+    (then SHOW PARTITIONS agrees), or a catalog error, which must not read as "no such day"."""
+    information = "Database: raw\nTable: orders\nLocation: file:/w/raw.db/orders/dt=2024-03-01/v=2\nSerde: x\n"
+    statements = []
+
+    def run(statement: str) -> list:
+        statements.append(statement)
+        there = "2024-03-01" in statement or "2024-03-03" in statement
+        if statement.startswith("SHOW TABLE EXTENDED") and "PARTITION" in statement:
+            if "2024-03-01" not in statement:  # 02: no such day; 03: the catalog fails
+                raise RuntimeError("[PARTITIONS_NOT_FOUND]" if "2024-03-02" in statement else "Communications link failure")
+            return [("raw", "orders", False, information)]
+        if statement.startswith("SHOW TABLE EXTENDED"):  # the tables
+            return [("raw", "orders", False, "Location: file:/w/raw.db/orders\n"), ("raw", "order_notes", False, "")]
+        return [("dt=...",)] if there else []  # SHOW PARTITIONS
+
+    catalog = Catalog(run)
+    assert catalog.location("raw.orders", "2024-03-01") == "file:/w/raw.db/orders/dt=2024-03-01/v=2"
+    assert len(statements) == 1
+    assert catalog.location("raw.orders", "2024-03-02") is None
+    with pytest.raises(RuntimeError, match="Communications link failure"):
+        catalog.location("raw.orders", "2024-03-03")  # the day is there: the error is the catalog's
+    # the tables asked for that exist, in one statement; a name is never a pattern of its own
+    statements.clear()
+    assert catalog.table_locations("raw", ["orders", "orders_rejected"]) == {"orders": "file:/w/raw.db/orders"}
+    assert statements == ["SHOW TABLE EXTENDED IN raw LIKE 'orders|orders_rejected'"]
+    for names in (["orders' OR '1"], ["orders*"], ["Orders"]):
+        with pytest.raises(ValueError):
+            catalog.table_locations("raw", names)
+    assert len(statements) == 1
+
+
 def test_the_live_version_is_read_from_the_location_the_catalog_names():
     day = "2024-03-01"
     assert live_version(f"file:/w/raw.db/orders/dt={day}/{V2}", day) == V2
