@@ -360,7 +360,7 @@ def create_raw_tables(catalog: Catalog, warehouse: str) -> None:
                 if not catalog.exists(f"raw.{table}"):
                     raise
                 # another ingest created it meanwhile: checked below like any existing table
-            found[table] = catalog.described(f"TABLE EXTENDED raw.{table}").get("Location", "")
+            found[table] = catalog.table_locations("raw", [table]).get(table, "")
         if not same_place(found[table], location):
             raise WarehouseMismatch(
                 f"raw.{table} in the cluster's catalog is at {found[table]}, not in this warehouse "
@@ -704,8 +704,8 @@ def python_file_lines(spark: SparkSession, f: ExportFile) -> DataFrame:
 
 def records(spark: SparkSession, f: ExportFile, splits: FileSplits) -> DataFrame:
     """(_file_idx, line, record, lines) of the file's data records: a record's line is its first
-    physical line, `lines` how many physical lines it spans. A blank line is a record of its own (it is counted,
-    then dropped)."""
+    physical line, `lines` how many physical lines it spans. A blank line is a record of its own
+    (it is counted, then dropped)."""
     lines = file_lines(spark, f, splits).where(F.col("line") > 1)
     if not splits.multiline:
         return lines.select("_file_idx", "line", F.col("value").alias("record"), F.lit(1).alias("lines"))
