@@ -249,6 +249,21 @@ def saved_parse_lock(request, tmp_path_factory):
         yield
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order pytest-xdist hands tests out in (`--dist loadgroup`: the biggest group first,
+    then one test at a time, in this order).
+    - Every test on a Spark cluster is in one group, so one worker starts a cluster, not both:
+      starting one (master, worker, metastore, two servers) is heavy work for two cores, and
+      each holds gigabytes of memory while it runs.
+    - Slow tests come before quick ones, so the last tests handed out are short and the two
+      workers end together."""
+    for item in items:
+        if "spark_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("spark"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def spark_on_loopback():
     """Spark drivers and executors of the tests talk over loopback only (the machine's name may
@@ -270,8 +285,8 @@ def jvms_compile_quickly():
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory):
     """A Spark standalone master and one worker (5 cores, 7g for executors) on 127.0.0.1 on free
-    ports, for the whole session of a pytest-xdist worker (each one that runs a Spark test starts
-    its own); run applications one at a time. Yields a
+    ports, for the whole session of the pytest-xdist worker that runs the tests on it (they are
+    one group: pytest_collection_modifyitems); run applications one at a time. Yields a
     `spark_cluster.SparkCluster`: `master_url`, `web_url`, `applications()`, `alive_workers()`,
     `wait_for_application(name)`, `submit(script, name=...)`, `kill_worker()`, `start_worker()`
     (idempotent: a test that kills the worker restarts it in a `finally`). Stopped at the end, with

@@ -40,6 +40,7 @@ from shopflow_assets.defs.ingest.landing_zone import SUCCESS_MARKER
 
 from .conftest import ALL_ASSETS, REPO_ROOT, SLACK_TOKEN, Landing, command_env, csv_text, failure_messages
 from .daemon_helpers import daemon_process, materializations, wait_for
+from .test_spark_faults import in_background
 from .spark_helpers import (
     NOT_COMPARED,
     TABLE_NAMES,
@@ -61,10 +62,9 @@ from .spark_helpers import (
     spark_warehouse,
 )
 
-pytestmark = [
-    pytest.mark.slow,  # a daemon, a subprocess, Spark, Postgres or a browser
-    pytest.mark.xdist_group("spark-engine"),  # one test worker: its tests share one backfill
-]
+# a daemon, a subprocess, Spark, Postgres or a browser; like every test on the cluster, these run on
+# one test worker (conftest.pytest_collection_modifyitems), so they share one backfill
+pytestmark = pytest.mark.slow
 
 DAYS = ("2024-03-01", "2024-03-02", "2024-03-03")
 EDGE_DAY = DAYS[1]  # the day with the hand-written files beside the realistic ones
@@ -148,14 +148,12 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
     )
     before = {a.id for a in spark_cluster.applications()}
     statements_before = spark_sql.thrift_sql_executions()
-    spark_run = materialize_cli(spark_env, "--select", "raw/orders*", "--partition-range", f"{DAYS[0]}...{DAYS[-1]}")
-    (root / "spark-backfill.log").write_text(spark_run.tail(10**9))
-    print(f"\nSpark: 3-day backfill, one run: {spark_run.seconds:.0f} s")
-    assert spark_run.returncode == 0, spark_run.tail()
-    new_apps = [f"{a.name} ({a.id})" for a in spark_cluster.applications() if a.id not in before]
-    thrift_statements = spark_sql.thrift_sql_executions() - statements_before
+    spark_backfill = in_background(
+        lambda: materialize_cli(spark_env, "--select", "raw/orders*", "--partition-range", f"{DAYS[0]}...{DAYS[-1]}")
+    )
 
-    # DuckDB: the same range as one run, in process (the CLI path of DuckDB is test_cli's).
+    # DuckDB, while the Spark run waits on its cluster: the same range as one run, in process (the
+    # CLI path of DuckDB is test_cli's). Neither touches the other's warehouse or the cluster.
     duckdb_path = root / "duckdb" / "shopflow.duckdb"
     started = time.monotonic()
     with DagsterInstance.ephemeral() as instance:
@@ -171,8 +169,14 @@ def backfill(spark_sql, tmp_path_factory) -> Backfill:
             tags={"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]},
             raise_on_error=False,
         )
-    print(f"DuckDB: 3-day backfill, one run in process: {time.monotonic() - started:.0f} s")
+    print(f"\nDuckDB: 3-day backfill, one run in process: {time.monotonic() - started:.0f} s")
+    spark_run = spark_backfill.result()
+    (root / "spark-backfill.log").write_text(spark_run.tail(10**9))
+    print(f"Spark: 3-day backfill, one run: {spark_run.seconds:.0f} s")
+    assert spark_run.returncode == 0, spark_run.tail()
     assert result.success, failure_messages(result)
+    new_apps = [f"{a.name} ({a.id})" for a in spark_cluster.applications() if a.id not in before]
+    thrift_statements = spark_sql.thrift_sql_executions() - statements_before
 
     return Backfill(
         landing, edge, spark_dir, spark_home, spark_env, duckdb_path, spark_run, new_apps, thrift_statements

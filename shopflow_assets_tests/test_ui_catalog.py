@@ -24,7 +24,10 @@ from .test_webserver import (
     webserver_and_daemon,
 )
 
-pytestmark = pytest.mark.slow  # a webserver, dbt and a browser
+pytestmark = [
+    pytest.mark.slow,  # a webserver, dbt and a browser
+    pytest.mark.xdist_group("ui-catalog"),  # one test worker: its tests share one backfill
+]
 
 
 @pytest.fixture(scope="module")
